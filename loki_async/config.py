@@ -1,0 +1,621 @@
+"""Configuration: one YAML file (Loki's section names) and Loki-style flags → frozen dataclasses.
+
+Precedence is Loki's: built-in defaults, then the file given with ``-config.file``, then
+flags given on the command line. Unknown keys, wrong types and bad values are all
+collected and reported together, each prefixed with its section, so an operator fixes a
+config in one pass.
+
+Field names carry their unit (``max_chunk_age_s``); the YAML key and the flag are
+Loki's (``max_chunk_age`` / ``-ingester.max-chunk-age``) so that a Loki operator's
+config and scripts carry over. Durations accept Prometheus/Go forms (``1h30m``, ``1w``,
+``500ms``), sizes accept ``256KB``/``1MiB`` or plain bytes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+from .errors import ConfigError
+
+# --------------------------------------------------------------------------- field kinds
+
+
+def opt(flag: str = "", key: str = "", kind: str = "", help: str = "") -> dict[str, str]:
+    """Field metadata: the Loki flag name, the YAML key (default: field name), value kind."""
+    return {"flag": flag, "key": key, "kind": kind, "help": help}
+
+
+_DURATION_UNITS = {
+    "y": 365 * 86400.0,
+    "w": 7 * 86400.0,
+    "d": 86400.0,
+    "h": 3600.0,
+    "m": 60.0,
+    "s": 1.0,
+    "ms": 1e-3,
+    "us": 1e-6,
+    "µs": 1e-6,
+    "ns": 1e-9,
+}
+_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|us|µs|ns|y|w|d|h|m|s)")
+
+
+def parse_duration(text: str | int | float) -> float:
+    """Parse a Prometheus/Go duration (``1h30m``, ``7d``, ``250ms``, ``0``) into seconds."""
+    if isinstance(text, bool):
+        raise ValueError(f"not a duration: {text!r}")
+    if isinstance(text, int | float):
+        return float(text)
+    s = text.strip()
+    if s in ("0", ""):
+        return 0.0
+    pos, total = 0, 0.0
+    for m in _DURATION_RE.finditer(s):
+        if m.start() != pos:
+            break
+        total += float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+        pos = m.end()
+    if pos != len(s) or pos == 0:
+        raise ValueError(f'not a valid duration string: "{text}"')
+    return total
+
+
+def format_duration(seconds: float) -> str:
+    """Format seconds as the shortest Prometheus duration (``2h``, ``1w``, ``1h30m``)."""
+    if seconds == 0:
+        return "0s"
+    ms = round(seconds * 1000)
+    out = []
+    for unit, size in (
+        ("w", 604_800_000),
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1000),
+        ("ms", 1),
+    ):
+        if ms >= size:
+            out.append(f"{ms // size}{unit}")
+            ms %= size
+    return "".join(out)
+
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"b": 1, "kb": 1 << 10, "mb": 1 << 20, "gb": 1 << 30, "tb": 1 << 40}
+
+
+def parse_size(text: str | int) -> int:
+    """Parse a byte size: ``262144``, ``256KB``, ``256KiB``, ``1.5MB`` (base 1024, as Loki)."""
+    if isinstance(text, bool):
+        raise ValueError(f"not a size: {text!r}")
+    if isinstance(text, int):
+        return text
+    m = _SIZE_RE.match(str(text))
+    if not m:
+        raise ValueError(f'not a valid size: "{text}" (use bytes, or a unit like 256KB, 1MB)')
+    unit = (m.group(2) or "B").lower().replace("i", "")
+    return int(float(m.group(1)) * _SIZE_UNITS[unit])
+
+
+def format_size(n: int) -> str:
+    for unit, size in (("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)):
+        if n >= size and n % size == 0:
+            return f"{n // size}{unit}"
+    return str(n)
+
+
+# --------------------------------------------------------------------------- sections
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    http_listen_address: str = field(
+        default="127.0.0.1", metadata=opt("-server.http-listen-address")
+    )
+    http_listen_port: int = field(default=3100, metadata=opt("-server.http-listen-port"))
+    log_level: str = field(default="info", metadata=opt("-log.level", help="debug|info|warn|error"))
+    log_format: str = field(default="logfmt", metadata=opt("-log.format", help="logfmt|json"))
+    http_server_max_body_bytes: int = field(
+        default=100 << 20,
+        metadata=opt("-server.http-max-body-bytes", key="http_server_max_body_size", kind="size"),
+    )
+
+
+@dataclass(frozen=True)
+class CommonConfig:
+    path_prefix: str = field(default="./data", metadata=opt("-common.path-prefix"))
+    replication_factor: int = field(default=1, metadata=opt("-common.replication-factor"))
+
+
+@dataclass(frozen=True)
+class WALConfig:
+    enabled: bool = field(default=True, metadata=opt("-ingester.wal-enabled"))
+    dir: str = field(
+        default="", metadata=opt("-ingester.wal-dir", help="default: <path_prefix>/wal")
+    )
+    flush_on_shutdown: bool = field(default=True, metadata=opt("-ingester.flush-on-shutdown"))
+    segment_size_bytes: int = field(
+        default=64 << 20,
+        metadata=opt("-ingester.wal-segment-size", key="segment_size", kind="size"),
+    )
+    checkpoint_duration_s: float = field(
+        default=300.0,
+        metadata=opt("-ingester.checkpoint-duration", key="checkpoint_duration", kind="duration"),
+    )
+
+
+@dataclass(frozen=True)
+class LifecyclerConfig:
+    id: str = field(
+        default="", metadata=opt("-ingester.lifecycler.ID", key="ID", help="default: hostname-port")
+    )
+    num_tokens: int = field(default=128, metadata=opt("-ingester.num-tokens"))
+    heartbeat_period_s: float = field(
+        default=5.0,
+        metadata=opt("-ingester.heartbeat-period", key="heartbeat_period", kind="duration"),
+    )
+    heartbeat_timeout_s: float = field(
+        default=60.0,
+        metadata=opt("-ring.heartbeat-timeout", key="heartbeat_timeout", kind="duration"),
+    )
+
+
+@dataclass(frozen=True)
+class IngesterConfig:
+    chunk_target_size: int = field(
+        default=1_572_864, metadata=opt("-ingester.chunk-target-size", kind="size")
+    )
+    chunk_block_size: int = field(
+        default=262_144, metadata=opt("-ingester.chunks-block-size", kind="size")
+    )
+    max_chunk_age_s: float = field(
+        default=7200.0,
+        metadata=opt("-ingester.max-chunk-age", key="max_chunk_age", kind="duration"),
+    )
+    chunk_idle_period_s: float = field(
+        default=1800.0,
+        metadata=opt("-ingester.chunks-idle-period", key="chunk_idle_period", kind="duration"),
+    )
+    chunk_retain_period_s: float = field(
+        default=0.0,
+        metadata=opt("-ingester.chunks-retain-period", key="chunk_retain_period", kind="duration"),
+    )
+    flush_check_period_s: float = field(
+        default=30.0,
+        metadata=opt("-ingester.flush-check-period", key="flush_check_period", kind="duration"),
+    )
+    concurrent_flushes: int = field(default=32, metadata=opt("-ingester.concurrent-flushes"))
+    zstd_level: int = field(default=3, metadata=opt("-ingester.zstd-level"))
+    wal: WALConfig = field(default_factory=WALConfig)
+    lifecycler: LifecyclerConfig = field(default_factory=LifecyclerConfig)
+
+
+@dataclass(frozen=True)
+class QuerierConfig:
+    query_ingesters_within_s: float = field(
+        default=0.0,
+        metadata=opt(
+            "-querier.query-ingesters-within",
+            key="query_ingesters_within",
+            kind="duration",
+            help="0: always ask the ingesters (back-filled data is visible before its flush)",
+        ),
+    )
+    max_concurrent_chunk_fetches: int = field(
+        default=32, metadata=opt("-querier.max-concurrent-chunk-fetches")
+    )
+
+
+@dataclass(frozen=True)
+class FilesystemStorageConfig:
+    directory: str = field(
+        default="", metadata=opt("-local.chunk-directory", help="default: <path_prefix>/chunks")
+    )
+
+
+@dataclass(frozen=True)
+class AWSStorageConfig:
+    endpoint: str = field(default="", metadata=opt("-s3.endpoint"))
+    bucketnames: str = field(default="", metadata=opt("-s3.buckets"))
+    region: str = field(default="us-east-1", metadata=opt("-s3.region"))
+    access_key_id: str = field(default="", metadata=opt("-s3.access-key-id"))
+    secret_access_key: str = field(default="", metadata=opt("-s3.secret-access-key"))
+    s3forcepathstyle: bool = field(default=True, metadata=opt("-s3.force-path-style"))
+    insecure: bool = field(default=False, metadata=opt("-s3.insecure"))
+    max_retries: int = field(default=5, metadata=opt("-s3.max-retries"))
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    object_store: str = field(
+        default="filesystem", metadata=opt("-store.object-store", help="filesystem|s3")
+    )
+    filesystem: FilesystemStorageConfig = field(default_factory=FilesystemStorageConfig)
+    aws: AWSStorageConfig = field(default_factory=AWSStorageConfig)
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    ingestion_rate_mb: float = field(
+        default=4.0, metadata=opt("-distributor.ingestion-rate-limit-mb")
+    )
+    ingestion_burst_size_mb: float = field(
+        default=6.0, metadata=opt("-distributor.ingestion-burst-size-mb")
+    )
+    max_line_size: int = field(
+        default=256 << 10, metadata=opt("-distributor.max-line-size", kind="size")
+    )
+    max_label_names_per_series: int = field(
+        default=15, metadata=opt("-validation.max-label-names-per-series")
+    )
+    max_label_name_length: int = field(
+        default=1024, metadata=opt("-validation.max-length-label-name")
+    )
+    max_label_value_length: int = field(
+        default=2048, metadata=opt("-validation.max-length-label-value")
+    )
+    reject_old_samples: bool = field(default=True, metadata=opt("-validation.reject-old-samples"))
+    reject_old_samples_max_age_s: float = field(
+        default=7 * 86400.0,
+        metadata=opt(
+            "-validation.reject-old-samples.max-age",
+            key="reject_old_samples_max_age",
+            kind="duration",
+        ),
+    )
+    creation_grace_period_s: float = field(
+        default=600.0,
+        metadata=opt(
+            "-validation.create-grace-period", key="creation_grace_period", kind="duration"
+        ),
+    )
+    max_query_length_s: float = field(
+        default=721 * 3600.0,
+        metadata=opt("-store.max-query-length", key="max_query_length", kind="duration"),
+    )
+    max_entries_limit_per_query: int = field(
+        default=5000, metadata=opt("-validation.max-entries-limit")
+    )
+
+
+@dataclass(frozen=True)
+class EmbeddedNATSConfig:
+    listen_address: str = field(default="127.0.0.1", metadata=opt("-nats.embedded.address"))
+    listen_port: int = field(default=4222, metadata=opt("-nats.embedded.port"))
+    store_dir: str = field(
+        default="", metadata=opt("-nats.embedded.store-dir", help="default: <path_prefix>/nats")
+    )
+    config_file: str = field(
+        default="",
+        metadata=opt(
+            "-nats.embedded.config-file", help="default: the repository's nats/nats-server.conf"
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class NATSConfig:
+    url: str = field(
+        default="",
+        metadata=opt("-nats.url", help="empty: -target=all starts an embedded nats-server"),
+    )
+    request_timeout_s: float = field(
+        default=10.0, metadata=opt("-nats.request-timeout", key="request_timeout", kind="duration")
+    )
+    embedded: EmbeddedNATSConfig = field(default_factory=EmbeddedNATSConfig)
+
+
+@dataclass(frozen=True)
+class Config:
+    target: str = field(default="all", metadata=opt("-target"))
+    auth_enabled: bool = field(default=False, metadata=opt("-auth.enabled"))
+    server: ServerConfig = field(default_factory=ServerConfig)
+    common: CommonConfig = field(default_factory=CommonConfig)
+    ingester: IngesterConfig = field(default_factory=IngesterConfig)
+    querier: QuerierConfig = field(default_factory=QuerierConfig)
+    storage_config: StorageConfig = field(default_factory=StorageConfig)
+    limits_config: LimitsConfig = field(default_factory=LimitsConfig)
+    nats: NATSConfig = field(default_factory=NATSConfig)
+
+    # Derived paths: everything local lives under common.path_prefix unless set.
+    @property
+    def wal_dir(self) -> Path:
+        return Path(self.ingester.wal.dir or Path(self.common.path_prefix) / "wal")
+
+    @property
+    def chunks_dir(self) -> Path:
+        return Path(
+            self.storage_config.filesystem.directory or Path(self.common.path_prefix) / "chunks"
+        )
+
+    @property
+    def nats_store_dir(self) -> Path:
+        return Path(self.nats.embedded.store_dir or Path(self.common.path_prefix) / "nats")
+
+    @property
+    def ingester_id(self) -> str:
+        return (
+            self.ingester.lifecycler.id or f"{socket.gethostname()}-{self.server.http_listen_port}"
+        )
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _key(f: dataclasses.Field) -> str:
+    return f.metadata.get("key") or f.name
+
+
+def _convert(value: Any, typ: Any, kind: str) -> Any:
+    if kind == "duration":
+        return parse_duration(value)
+    if kind == "size":
+        return parse_size(value)
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
+            return value.lower() in ("true", "1")
+        raise ValueError(f"expected true or false, got {value!r}")
+    if typ is int:
+        if isinstance(value, bool):
+            raise ValueError(f"expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str) and re.fullmatch(r"-?\d+", value.strip()):
+            return int(value)
+        raise ValueError(f"expected an integer, got {value!r}")
+    if typ is float:
+        if isinstance(value, bool):
+            raise ValueError(f"expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"expected a number, got {value!r}") from None
+    if typ is str:
+        if isinstance(value, str | int | float) and not isinstance(value, bool):
+            return str(value)
+        raise ValueError(f"expected a string, got {value!r}")
+    raise AssertionError(f"BUG: unsupported config type {typ!r}")
+
+
+def _build(cls: type, data: Any, path: str, errors: list[str], base: Any) -> Any:
+    """Overlay ``data`` (a YAML mapping) on ``base`` (an instance of cls)."""
+    where = path or "top level"
+    if data is None:
+        return base
+    if not isinstance(data, dict):
+        errors.append(f"{where}: expected a mapping, got {type(data).__name__}")
+        return base
+    hints = get_type_hints(cls)
+    fields = {_key(f): f for f in dataclasses.fields(cls)}
+    changes: dict[str, Any] = {}
+    for key, value in data.items():
+        f = fields.get(str(key))
+        name = f"{path}.{key}" if path else str(key)
+        if f is None:
+            errors.append(
+                f"{where}: field {key} not found in type {cls.__name__}"
+                f" (valid: {', '.join(sorted(fields))})"
+            )
+            continue
+        typ = hints[f.name]
+        if dataclasses.is_dataclass(typ):
+            changes[f.name] = _build(typ, value, name, errors, getattr(base, f.name))
+            continue
+        try:
+            changes[f.name] = _convert(value, typ, f.metadata.get("kind", ""))
+        except ValueError as e:
+            errors.append(f"{name}: {e}")
+    return dataclasses.replace(base, **changes)
+
+
+def _flag_table(cls: type = Config, prefix: tuple[str, ...] = ()) -> dict[str, tuple[str, ...]]:
+    """Every flag → the path of YAML keys it sets."""
+    out: dict[str, tuple[str, ...]] = {}
+    hints = get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        typ = hints[f.name]
+        if dataclasses.is_dataclass(typ):
+            out.update(_flag_table(typ, (*prefix, _key(f))))
+        elif f.metadata.get("flag"):
+            out[f.metadata["flag"].lstrip("-")] = (*prefix, _key(f))
+    return out
+
+
+FLAGS = _flag_table()
+_COMMAND_FLAGS = {"config.file", "print-config", "version", "help", "h", "config.expand-env"}
+
+
+@dataclass(frozen=True)
+class CommandLine:
+    """What the command line asked for besides configuration values."""
+
+    config_file: str = ""
+    print_config: bool = False
+    version: bool = False
+    help: bool = False
+    overrides: dict[tuple[str, ...], str] = field(default_factory=dict)
+
+
+def parse_args(argv: list[str]) -> CommandLine:
+    """Parse Loki-style flags (``-a.b=c``, ``--a.b=c``, ``-a.b c``, boolean ``-a.b``)."""
+    errors: list[str] = []
+    overrides: dict[tuple[str, ...], str] = {}
+    special: dict[str, str] = {}
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        i += 1
+        if not arg.startswith("-") or arg in ("-", "--"):
+            errors.append(f"unexpected argument {arg!r}: flags look like -name=value")
+            continue
+        name, eq, value = arg.lstrip("-").partition("=")
+        if name in _COMMAND_FLAGS:
+            special[name] = value if eq else "true"
+            if name == "config.file" and not eq and i < len(argv):
+                special[name] = argv[i]
+                i += 1
+            continue
+        path = FLAGS.get(name)
+        if path is None:
+            errors.append(f"flag provided but not defined: -{name}")
+            continue
+        if not eq:
+            if _is_bool_path(path):
+                value = "true"
+            elif i < len(argv):
+                value = argv[i]
+                i += 1
+            else:
+                errors.append(f"flag needs an argument: -{name}")
+                continue
+        overrides[path] = value
+    if errors:
+        raise ConfigError("invalid command line:\n  " + "\n  ".join(errors))
+    return CommandLine(
+        config_file=special.get("config.file", ""),
+        print_config=special.get("print-config", "false") != "false",
+        version=special.get("version", "false") != "false",
+        help=("help" in special or "h" in special),
+        overrides=overrides,
+    )
+
+
+def _is_bool_path(path: tuple[str, ...]) -> bool:
+    cls: Any = Config
+    for key in path:
+        hints = get_type_hints(cls)
+        f = next(f for f in dataclasses.fields(cls) if _key(f) == key)
+        cls = hints[f.name]
+    return cls is bool
+
+
+def _nest(overrides: dict[tuple[str, ...], str]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for path, value in overrides.items():
+        node = tree
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = value
+    return tree
+
+
+def load(cmd: CommandLine) -> Config:
+    """Build the configuration: defaults, then the YAML file, then flags. Raises ConfigError."""
+    errors: list[str] = []
+    cfg = Config()
+    if cmd.config_file:
+        try:
+            text = Path(cmd.config_file).read_text()
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {cmd.config_file}: {e.strerror}") from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {cmd.config_file} is not valid YAML: {e}") from None
+        cfg = _build(Config, data, "", errors, cfg)
+    cfg = _build(Config, _nest(cmd.overrides), "", errors, cfg)
+    errors.extend(_validate(cfg))
+    if errors:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(errors))
+    return cfg
+
+
+def load_yaml_text(text: str) -> Config:
+    """Build a configuration from YAML text (tests, embedded configs)."""
+    errors: list[str] = []
+    cfg = _build(Config, yaml.safe_load(text), "", errors, Config())
+    errors.extend(_validate(cfg))
+    if errors:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(errors))
+    return cfg
+
+
+def _validate(cfg: Config) -> list[str]:
+    from .modules import TARGETS  # the target table lives with the modules
+
+    errs = []
+    if cfg.target not in TARGETS:
+        errs.append(f"target: unknown target {cfg.target!r} (valid: {', '.join(TARGETS)})")
+    if cfg.storage_config.object_store not in ("filesystem", "s3"):
+        errs.append(
+            "storage_config.object_store: must be filesystem or s3, got "
+            f"{cfg.storage_config.object_store!r}"
+        )
+    if cfg.storage_config.object_store == "s3":
+        if not cfg.storage_config.aws.endpoint:
+            errs.append("storage_config.aws.endpoint: required when object_store is s3")
+        if not cfg.storage_config.aws.bucketnames:
+            errs.append("storage_config.aws.bucketnames: required when object_store is s3")
+    if not 1 <= cfg.server.http_listen_port <= 65535 and cfg.server.http_listen_port != 0:
+        errs.append("server.http_listen_port: must be between 0 and 65535")
+    if cfg.common.replication_factor < 1:
+        errs.append("common.replication_factor: must be at least 1")
+    if cfg.server.log_level not in ("debug", "info", "warn", "error"):
+        errs.append("server.log_level: must be debug, info, warn or error")
+    if cfg.server.log_format not in ("logfmt", "json"):
+        errs.append("server.log_format: must be logfmt or json")
+    if cfg.ingester.chunk_block_size <= 0 or cfg.ingester.chunk_target_size <= 0:
+        errs.append("ingester: chunk_block_size and chunk_target_size must be positive")
+    if not 1 <= cfg.ingester.zstd_level <= 19:
+        errs.append("ingester.zstd_level: must be between 1 and 19")
+    return errs
+
+
+def dump(cfg: Config) -> str:
+    """The effective configuration as YAML with Loki's keys (``-print-config``)."""
+    return yaml.safe_dump(_to_tree(cfg), sort_keys=False)
+
+
+def _to_tree(obj: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        kind = f.metadata.get("kind", "")
+        if dataclasses.is_dataclass(value):
+            out[_key(f)] = _to_tree(value)
+        elif kind == "duration":
+            out[_key(f)] = format_duration(value)
+        elif kind == "size":
+            out[_key(f)] = format_size(value)
+        else:
+            out[_key(f)] = value
+    return out
+
+
+def flag_help() -> str:
+    """One line per flag: name, YAML path, default (``-help``)."""
+    lines = []
+    defaults = _to_tree(Config())
+
+    def lookup(path: tuple[str, ...]) -> Any:
+        node: Any = defaults
+        for k in path:
+            node = node[k]
+        return node
+
+    hints = _help_texts()
+    for flag, path in sorted(FLAGS.items()):
+        extra = f"  ({hints[path]})" if hints.get(path) else ""
+        lines.append(f"  -{flag}  [{'.'.join(path)}] default {lookup(path)!r}{extra}")
+    return "\n".join(lines)
+
+
+def _help_texts(cls: type = Config, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], str]:
+    out: dict[tuple[str, ...], str] = {}
+    hints = get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        typ = hints[f.name]
+        if dataclasses.is_dataclass(typ):
+            out.update(_help_texts(typ, (*prefix, _key(f))))
+        else:
+            out[(*prefix, _key(f))] = f.metadata.get("help", "")
+    return out

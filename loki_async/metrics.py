@@ -1,0 +1,47 @@
+"""Prometheus metrics of every component, named as Loki names them where Loki has one."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+PUSH_REQUESTS = Counter("loki_distributor_push_requests_total", "Push requests.", ["format"])
+LINES_RECEIVED = Counter("loki_distributor_lines_received_total", "Lines received.", ["tenant"])
+BYTES_RECEIVED = Counter(
+    "loki_distributor_bytes_received_total", "Line bytes received.", ["tenant"]
+)
+DISCARDED_SAMPLES = Counter(
+    "loki_discarded_samples_total", "Entries discarded.", ["reason", "tenant"]
+)
+DISCARDED_BYTES = Counter("loki_discarded_bytes_total", "Bytes discarded.", ["reason", "tenant"])
+
+INGESTER_STREAMS = Gauge("loki_ingester_memory_streams", "Streams held in memory.")
+INGESTER_CHUNKS_FLUSHED = Counter(
+    "loki_ingester_chunks_flushed_total", "Chunks flushed.", ["reason"]
+)
+INGESTER_CHUNKS_DEDUPED = Counter(
+    "loki_ingester_chunks_upload_skipped_total",
+    "Chunk uploads skipped because the object already existed.",
+)
+INGESTER_CHUNK_BYTES = Counter(
+    "loki_ingester_chunk_stored_bytes_total", "Compressed chunk bytes flushed."
+)
+INGESTER_RAW_BYTES = Counter(
+    "loki_ingester_chunk_raw_bytes_total", "Uncompressed line bytes in flushed chunks."
+)
+INGESTER_FLUSH_FAILURES = Counter(
+    "loki_ingester_chunks_flush_failures_total", "Chunk flushes that failed and will be retried."
+)
+
+WAL_FSYNCS = Counter("loki_ingester_wal_fsyncs_total", "fsync calls on the WAL.")
+WAL_BYTES = Counter("loki_ingester_wal_bytes_written_total", "Bytes written to the WAL.")
+WAL_CORRUPTIONS = Counter(
+    "loki_ingester_wal_corruptions_total", "Damaged WAL records found at replay."
+)
+WAL_REPLAYED = Counter("loki_ingester_wal_replayed_records_total", "WAL records replayed.")
+
+REQUEST_DURATION = Histogram(
+    "loki_request_duration_seconds",
+    "HTTP request latency.",
+    ["method", "route", "status_code"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)

@@ -1,0 +1,92 @@
+"""The program's targets and command line, and the S3 backend end to end."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import yaml
+
+from loki_async.logproto import PushStream
+from tests.conftest import Loki, base_config
+from tests.lokiclient import client, push, query_range
+
+NS = 10**9
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "loki_async.cli", *args], capture_output=True, text=True, timeout=30
+    )
+
+
+def test_version_and_print_config() -> None:
+    out = run_cli("-version")
+    assert out.returncode == 0 and out.stdout.startswith("loki-async, version ")
+    out = run_cli("-print-config", "-server.http-listen-port=4555", "-ingester.max-chunk-age=3h")
+    assert out.returncode == 0, out.stderr
+    cfg = yaml.safe_load(out.stdout)
+    assert cfg["server"]["http_listen_port"] == 4555
+    assert cfg["ingester"]["max_chunk_age"] == "3h"
+    assert cfg["limits_config"]["max_line_size"] == "256KB"
+
+
+def test_bad_config_lists_every_problem_and_exits_nonzero(tmp_path) -> None:
+    p = tmp_path / "bad.yaml"
+    p.write_text("server: {http_listen_port: x}\nlimits_config: {nope: 1}\n")
+    out = run_cli(f"-config.file={p}")
+    assert out.returncode == 1
+    assert "server.http_listen_port" in out.stderr and "field nope not found" in out.stderr
+
+
+def test_help_lists_targets_and_flags() -> None:
+    out = run_cli("-help")
+    assert out.returncode == 0
+    assert "write" in out.stdout and "-ingester.max-chunk-age" in out.stdout
+
+
+async def test_write_and_read_targets_run_as_separate_processes(tmp_path, nats_server) -> None:
+    write_cfg = base_config(tmp_path, nats_url=nats_server.url)
+    read_cfg = base_config(tmp_path, nats_url=nats_server.url)
+    read_cfg["common"] = write_cfg["common"]  # same filesystem store
+    writer = Loki(tmp_path, write_cfg, "write").start()
+    reader = Loki(tmp_path, read_cfg, "read").start()
+    try:
+        now = time.time_ns()
+        async with client() as session:
+            s = PushStream([("app", "split")], [now], [b"over the bus"], None)
+            assert (await push(session, writer.url, [s]))[0] == 204
+            got = await query_range(session, reader.url, '{app="split"}', now - NS, now + NS)
+            assert got == {"app=split": [(now, "over the bus")]}
+            async with session.get(f"{writer.url}/loki/api/v1/query_range") as r:
+                assert r.status == 404  # the write target serves no reads
+            assert writer.stop() == 0  # flushes to the shared store
+            got = await query_range(session, reader.url, '{app="split"}', now - NS, now + NS)
+            assert got == {"app=split": [(now, "over the bus")]}
+    finally:
+        writer.kill()
+        reader.kill()
+
+
+async def test_s3_backend_stores_and_serves_chunks(loki_factory, s3_server) -> None:
+    loki = loki_factory(
+        storage_config={
+            "object_store": "s3",
+            "aws": {
+                "endpoint": s3_server,
+                "bucketnames": "loki-e2e",
+                "access_key_id": "any",
+                "secret_access_key": "any",
+            },
+        }
+    )
+    now = time.time_ns() - 60 * NS
+    lines = [f"s3 line {i}".encode() for i in range(3000)]
+    async with client() as session:
+        s = PushStream([("app", "s3")], [now + i for i in range(3000)], lines, None)
+        assert (await push(session, loki.url, [s], "protobuf"))[0] == 204
+        assert loki.stop() == 0
+        loki.start()
+        got = await query_range(session, loki.url, '{app="s3"}', now - NS, now + NS)
+        assert [ln for _, ln in got["app=s3"]] == [ln.decode() for ln in lines]

@@ -63,7 +63,7 @@ def make_batches(args: argparse.Namespace) -> tuple[list[bytes], int, int]:
         pool = [synthetic_line(rng, i) for i in range(20000)]
         names = ["svc"]
     now = time.time_ns()
-    span = args.days * 86400 * NS
+    span = int(args.days * 86400 * NS)
     first = now - span + 3600 * NS
     step = max((now - 60 * NS - first) // max(args.lines, 1), 1)
     bodies: list[bytes] = []
@@ -244,4 +244,4 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     result = asyncio.run(run_push(args)) if args.what == "push" else run_storage(args)
     print(json.dumps(result))
-    return 0
+    return 1 if result.get("failed") else 0

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
-import os
 import shutil
+import signal
 import socket
 import subprocess
 import sysconfig
@@ -76,6 +77,19 @@ def nats_server_binary() -> str:
     )
 
 
+try:  # resolved before any fork: the child only makes the call
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):  # not Linux
+    _prctl = None
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when the parent dies, even by kill -9 (Linux), so an
+    embedded nats-server never outlives the process that started it."""
+    if _prctl is not None:
+        _prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 class EmbeddedNATS:
     """A nats-server child process with JetStream, for ``-target=all`` without ``nats.url``."""
 
@@ -106,7 +120,9 @@ class EmbeddedNATS:
             cmd[1:1] = ["-c", str(self.config_file)]
         log_path = self.store_dir / "nats-server.log"
         with open(log_path, "ab") as out:
-            self._proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+            self._proc = subprocess.Popen(
+                cmd, stdout=out, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
+            )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
@@ -255,14 +271,3 @@ async def request_stream(nc: NATSClient, subject: str, payload: Any, timeout: fl
     finally:
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago (tests and the local cluster)."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def env_flag(name: str) -> bool:
-    return os.environ.get(name, "") not in ("", "0", "false")

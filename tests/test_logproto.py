@@ -7,6 +7,7 @@ import zlib
 from pathlib import Path
 
 import cramjam
+import hypothesis
 import orjson
 import pytest
 
@@ -491,7 +492,6 @@ def test_json_encoder_replaces_invalid_utf8_like_go() -> None:
 
 # --- fuzzing -------------------------------------------------------------------------
 
-hypothesis = pytest.importorskip("hypothesis")
 st = hypothesis.strategies
 
 

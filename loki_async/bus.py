@@ -83,6 +83,15 @@ except (OSError, AttributeError):  # not Linux
     _prctl = None
 
 
+def _speaks_nats(host: str, port: int) -> bool:
+    """True if a NATS server (not just anything) listens there: it greets with INFO."""
+    try:
+        with socket.create_connection((host, port), timeout=0.5) as sock:
+            return sock.recv(5) == b"INFO "
+    except OSError:
+        return False
+
+
 def _die_with_parent() -> None:
     """In the child: get SIGTERM when the parent dies, even by kill -9 (Linux), so an
     embedded nats-server never outlives the process that started it."""
@@ -131,10 +140,7 @@ class EmbeddedNATS:
                     f"embedded nats-server exited with {self._proc.returncode} "
                     f"(is port {self.port} in use? set -nats.embedded.port): {tail}"
                 )
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection((self.host, self.port), timeout=0.2),
-            ):
+            if await asyncio.to_thread(_speaks_nats, self.host, self.port):
                 log.info("embedded nats-server started url=%s store=%s", self.url, self.store_dir)
                 return
             await asyncio.sleep(0.02)

@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from loki_async.bus import nats_server_binary
-from tests.s3server import s3_server  # noqa: F401  (session fixture)
+from tests.s3server import free_ports, s3_server  # noqa: F401  (session fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -165,8 +165,9 @@ class Loki:
 
 def base_config(workdir: Path, nats_url: str = "", **overrides: dict) -> dict:
     """A config for one test instance: own ports, own data dir, generous limits."""
+    http_port, nats_port, id_port = free_ports(3)  # distinct, unlike three free_port() calls
     cfg: dict = {
-        "server": {"http_listen_port": free_port(), "log_level": "info"},
+        "server": {"http_listen_port": http_port, "log_level": "info"},
         "common": {"path_prefix": str(workdir / "data")},
         "limits_config": {
             "reject_old_samples": True,
@@ -174,8 +175,8 @@ def base_config(workdir: Path, nats_url: str = "", **overrides: dict) -> dict:
             "ingestion_burst_size_mb": 1024,
             "max_entries_limit_per_query": 100000,
         },
-        "ingester": {"lifecycler": {"ID": f"ingester-{free_port()}"}, "flush_check_period": "1s"},
-        "nats": {"url": nats_url} if nats_url else {"embedded": {"listen_port": free_port()}},
+        "ingester": {"lifecycler": {"ID": f"ingester-{id_port}"}, "flush_check_period": "1s"},
+        "nats": {"url": nats_url} if nats_url else {"embedded": {"listen_port": nats_port}},
     }
     for section, values in overrides.items():
         if isinstance(values, dict):

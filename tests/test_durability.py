@@ -112,3 +112,25 @@ async def test_same_chunk_pushed_twice_is_stored_once(loki_factory) -> None:
         assert len(files) == 1, files
         got = await all_lines(session, loki.url, '{app="twice"}', now - NS, now + 10 * NS)
         assert got == [f"identical content {i}" for i in range(1000)]
+
+
+async def test_idle_chunks_are_flushed_to_the_store_and_counted(loki_factory) -> None:
+    loki = loki_factory(ingester={"chunk_idle_period": "1s", "flush_check_period": "1s"})
+    now = time.time_ns() - 60 * NS
+    chunks = Path(loki.config["common"]["path_prefix"]) / "chunks" / "fake"
+    async with client() as session:
+        s = PushStream([("app", "idle")], [now], [b"soon in the store"], None)
+        assert (await push(session, loki.url, [s]))[0] == 204
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            _, text = await get(session, loki.url, "/metrics")
+            if 'loki_ingester_chunks_flushed_total{reason="idle"} 1.0' in text:
+                break
+            await asyncio.sleep(0.2)
+        else:
+            raise AssertionError("no idle flush within 30s")
+        assert len(list((chunks / "chunks").rglob("*-*-*"))) == 1
+        assert len(list((chunks / "index").rglob("*.idx"))) == 1
+        # Flushed and gone from memory: served by the store now.
+        got = await all_lines(session, loki.url, '{app="idle"}', now - NS, now + NS)
+        assert got == ["soon in the store"]

@@ -20,6 +20,7 @@ def loki(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("validation")
     cfg = base_config(
         workdir,
+        server={"http_server_max_body_size": "1MB"},
         limits_config={
             "max_line_size": "1KB",
             "max_label_names_per_series": 4,
@@ -220,3 +221,49 @@ async def test_rate_limit_answers_429(loki_factory) -> None:
         status, body = await push(session, loki.url, [s])
         assert status == 429, body
         assert "Ingestion rate limit exceeded for user fake" in body
+
+
+async def test_oversized_body_is_413_and_decompression_bomb_is_400(loki) -> None:
+    import gzip
+
+    async with client() as session:
+        async with session.post(
+            f"{loki.url}/loki/api/v1/push",
+            data=b"x" * (2 << 20),
+            headers={"Content-Type": "application/json"},
+        ) as r:
+            assert r.status == 413
+            assert "request body too large" in await r.text()
+        bomb = gzip.compress(b"\0" * (64 << 20), 9)  # 64 MiB of zeros in ~64 KiB
+        async with session.post(
+            f"{loki.url}/loki/api/v1/push",
+            data=bomb,
+            headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
+        ) as r:
+            assert r.status == 400
+            assert "larger than" in (await r.text()) or "too large" in (await r.text())
+
+
+async def test_metrics_count_pushes_lines_bytes_fsyncs_and_latency(loki) -> None:
+    now = time.time_ns()
+    lines = [b"metric line %d" % i for i in range(50)]
+    async with client() as session:
+        s = PushStream([("app", "metrics")], [now + i for i in range(50)], lines, None)
+        assert (await push(session, loki.url, [s], "protobuf"))[0] == 204
+        status, text = await get(session, loki.url, "/metrics")
+    assert status == 200
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    assert values['loki_distributor_lines_received_total{tenant="fake"}'] >= 50
+    assert values['loki_distributor_bytes_received_total{tenant="fake"}'] >= sum(map(len, lines))
+    assert values['loki_distributor_push_requests_total{format="protobuf"}'] >= 1
+    assert values["loki_ingester_wal_fsyncs_total"] >= 1
+    assert any(
+        k.startswith("loki_request_duration_seconds_count{")
+        and 'route="/loki/api/v1/push"' in k
+        and 'status_code="204"' in k
+        for k in values
+    )

@@ -90,3 +90,29 @@ async def test_s3_backend_stores_and_serves_chunks(loki_factory, s3_server) -> N
         loki.start()
         got = await query_range(session, loki.url, '{app="s3"}', now - NS, now + NS)
         assert [ln for _, ln in got["app=s3"]] == [ln.decode() for ln in lines]
+
+
+def test_embedded_nats_port_in_use_is_a_clear_startup_error(tmp_path) -> None:
+    import socket
+
+    from tests.conftest import free_ports
+
+    http_port, nats_port = free_ports(2)
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", nats_port))
+        squatter.listen()
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "loki_async.cli",
+                f"-server.http-listen-port={http_port}",
+                f"-nats.embedded.port={nats_port}",
+                f"-common.path-prefix={tmp_path}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert out.returncode == 1
+    assert f"is port {nats_port} in use?" in out.stderr

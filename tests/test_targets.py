@@ -10,7 +10,7 @@ import yaml
 
 from loki_async.logproto import PushStream
 from tests.conftest import Loki, base_config
-from tests.lokiclient import client, push, query_range
+from tests.lokiclient import client, get, push, query_range
 
 NS = 10**9
 
@@ -116,3 +116,57 @@ def test_embedded_nats_port_in_use_is_a_clear_startup_error(tmp_path) -> None:
         )
     assert out.returncode == 1
     assert f"is port {nats_port} in use?" in out.stderr
+
+
+async def test_single_module_targets_spread_streams_over_two_ingesters(tmp_path) -> None:
+    """distributor, two ingesters and a query-frontend as four processes (RF=1)."""
+    from tests.conftest import NATSServer
+
+    nats = NATSServer(tmp_path / "nats")
+    chunks = str(tmp_path / "chunks")
+    procs = []
+    try:
+        for i in range(2):
+            cfg = base_config(
+                tmp_path / f"ing{i}",
+                nats_url=nats.url,
+                storage_config={"filesystem": {"directory": chunks}},
+            )
+            procs.append(Loki(tmp_path, cfg, "ingester").start())
+            procs[-1].log_path = tmp_path / f"ingester{i}.log"
+        dist = Loki(tmp_path, base_config(tmp_path, nats_url=nats.url), "distributor").start()
+        front = Loki(
+            tmp_path,
+            base_config(
+                tmp_path, nats_url=nats.url, storage_config={"filesystem": {"directory": chunks}}
+            ),
+            "query-frontend",
+        ).start()
+        procs += [dist, front]
+        now = time.time_ns()
+        streams = [
+            PushStream([("app", "spread"), ("n", str(i))], [now + i], [b"line %d" % i], None)
+            for i in range(40)
+        ]
+        async with client() as session:
+            assert (await push(session, dist.url, streams, "protobuf"))[0] == 204
+            got = await query_range(session, front.url, '{app="spread"}', now - NS, now + NS)
+            assert len(got) == 40
+            # Both ingesters got some of the streams.
+            for ing in procs[:2]:
+                _, text = await get(session, ing.url, "/metrics")
+                assert "loki_ingester_memory_streams " in text
+                count = next(
+                    float(ln.split()[-1])
+                    for ln in text.splitlines()
+                    if ln.startswith("loki_ingester_memory_streams ")
+                )
+                assert 0 < count < 40
+            for ing in procs[:2]:
+                assert ing.stop() == 0  # graceful: flush, leave the ring
+            got = await query_range(session, front.url, '{app="spread"}', now - NS, now + NS)
+            assert len(got) == 40
+    finally:
+        for p in procs:
+            p.kill()
+        nats.stop()

@@ -127,13 +127,12 @@ async def test_single_module_targets_spread_streams_over_two_ingesters(tmp_path)
     procs = []
     try:
         for i in range(2):
+            workdir = tmp_path / f"ing{i}"  # own WAL and logs, shared chunk store
+            workdir.mkdir()
             cfg = base_config(
-                tmp_path / f"ing{i}",
-                nats_url=nats.url,
-                storage_config={"filesystem": {"directory": chunks}},
+                workdir, nats_url=nats.url, storage_config={"filesystem": {"directory": chunks}}
             )
-            procs.append(Loki(tmp_path, cfg, "ingester").start())
-            procs[-1].log_path = tmp_path / f"ingester{i}.log"
+            procs.append(Loki(workdir, cfg, "ingester").start())
         dist = Loki(tmp_path, base_config(tmp_path, nats_url=nats.url), "distributor").start()
         front = Loki(
             tmp_path,

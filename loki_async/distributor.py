@@ -10,7 +10,6 @@ the push succeeds once a quorum (RF/2+1) of every stream's owners acknowledged.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import re
 import time
 from array import array
@@ -22,16 +21,12 @@ from . import bus, metrics
 from .chunk import encode_metadata
 from .config import LimitsConfig
 from .errors import LokiError, RateLimited, Unavailable, ValidationError
+from .labels import fingerprint
 from .logproto import PushStream, format_labels
 from .logql import ParseError, parse_labels
 from .ring import IngesterDesc, stream_key
 
 _LABEL_NAME_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
-
-
-def fingerprint(labels: str) -> int:
-    """64-bit fingerprint of a canonical label string (chunk keys, index)."""
-    return int.from_bytes(hashlib.blake2b(labels.encode(), digest_size=8).digest(), "little")
 
 
 @dataclass(slots=True)

@@ -29,6 +29,7 @@ from . import bus, metrics
 from .chunk import Block, Codec, CompressedBlock, build_block, decode_block, encode_chunk
 from .config import IngesterConfig
 from .errors import BadRequest
+from .labels import label_map
 from .logql import parse_log_selector
 from .ring import ACTIVE, LEAVING, Lifecycler
 from .store import ChunkRef, Store, chunk_key
@@ -144,12 +145,6 @@ class Stream:
         return self.chunks[-1]
 
 
-def _label_pairs(labels: str) -> dict[str, str]:
-    from .logql import parse_labels
-
-    return dict(parse_labels(labels))
-
-
 class Ingester:
     """Holds recent data of the streams the ring assigns to it. Owns its WAL directory."""
 
@@ -164,7 +159,6 @@ class Ingester:
         self.id = lifecycler.id
         self.codec = Codec(cfg.zstd_level)
         self.streams: dict[tuple[str, int], Stream] = {}
-        self._label_cache: dict[str, dict[str, str]] = {}
         self._subs: list[Any] = []
         self._flush_task: asyncio.Task[None] | None = None
         self._flush_lock = asyncio.Lock()
@@ -331,12 +325,6 @@ class Ingester:
 
     # ------------------------------------------------------------------ read path
 
-    def _labels_of(self, labels: str) -> dict[str, str]:
-        d = self._label_cache.get(labels)
-        if d is None:
-            d = self._label_cache[labels] = _label_pairs(labels)
-        return d
-
     def _matching(self, tenant: str, selector: str) -> list[Stream]:
         try:
             matchers = parse_log_selector(selector).matchers
@@ -346,7 +334,7 @@ class Ingester:
         for (t, _), s in self.streams.items():
             if t != tenant:
                 continue
-            lbls = self._labels_of(s.labels)
+            lbls = label_map(s.labels)
             if all(m.matches(lbls.get(m.name, "")) for m in matchers):
                 out.append(s)
         return out
@@ -378,7 +366,7 @@ class Ingester:
         for (t, _), s in self.streams.items():
             if t != tenant:
                 continue
-            lbls = self._labels_of(s.labels)
+            lbls = label_map(s.labels)
             if name is None:
                 out.update(lbls)
             elif name in lbls:

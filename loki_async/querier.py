@@ -18,7 +18,8 @@ from . import bus
 from .chunk import Block, ChunkReader, Codec
 from .config import QuerierConfig
 from .ingester import piece_block
-from .logql import parse_labels, parse_log_selector
+from .labels import label_map
+from .logql import parse_log_selector
 from .logql.syntax import Matcher
 from .ring import Ring
 from .store import Store
@@ -147,7 +148,7 @@ class Querier:
             for reply in await self._ask_ingesters(bus.INGESTER_LABELS, {"t": tenant}):
                 names.update(reply)
         for s in (await self.store.series(tenant, start, end)).values():
-            names.update(k for k, _ in parse_labels(s.labels))
+            names.update(label_map(s.labels))
         return sorted(names)
 
     async def label_values(
@@ -156,7 +157,7 @@ class Querier:
         if selector:
             values = set()
             for labels in await self.series(tenant, [selector], start, end):
-                v = dict(parse_labels(labels)).get(name)
+                v = label_map(labels).get(name)
                 if v is not None:
                     values.add(v)
             return sorted(values)
@@ -167,7 +168,7 @@ class Querier:
             ):
                 values.update(reply)
         for s in (await self.store.series(tenant, start, end)).values():
-            v = dict(parse_labels(s.labels)).get(name)
+            v = label_map(s.labels).get(name)
             if v is not None:
                 values.add(v)
         return sorted(values)
@@ -187,15 +188,8 @@ class Querier:
         return sorted(out)
 
 
-_label_cache: dict[str, dict[str, str]] = {}
-
-
 def _match(matchers: list[Matcher], labels: str) -> bool:
-    d = _label_cache.get(labels)
-    if d is None:
-        if len(_label_cache) > 100_000:
-            _label_cache.clear()
-        d = _label_cache[labels] = dict(parse_labels(labels))
+    d = label_map(labels)
     return all(m.matches(d.get(m.name, "")) for m in matchers)
 
 

@@ -20,12 +20,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from loki_async.bench import loghub_lines  # noqa: F401  (shared with the tests)
 from loki_async.bus import nats_server_binary
 from tests.s3server import free_ports, s3_server  # noqa: F401  (session fixture)
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-LOGHUB = SHARED / "data" / "loghub"
 
 
 def free_port() -> int:
@@ -205,15 +204,3 @@ def loki_factory(tmp_path: Path) -> Iterator[Callable[..., Loki]]:
     for inst in started:
         if inst.proc is not None:
             inst.kill()
-
-
-def loghub_lines() -> dict[str, list[bytes]]:
-    """Every loghub sample's lines, by system (e.g. 'HDFS'), bytes exactly as in the files."""
-    out = {}
-    for path in sorted(LOGHUB.glob("*.log")):
-        data = path.read_bytes()
-        lines = data.split(b"\n")
-        if lines and lines[-1] == b"":
-            lines.pop()
-        out[path.name.split("_")[0]] = [line.rstrip(b"\r") for line in lines]
-    return out

@@ -17,6 +17,7 @@ from typing import Any
 from . import bus
 from .chunk import Block, ChunkReader, Codec
 from .config import QuerierConfig
+from .errors import BadRequest
 from .ingester import piece_block
 from .labels import label_map
 from .logql import parse_log_selector
@@ -104,7 +105,14 @@ class Querier:
         """Entries of streams matching ``selector`` with start <= ts < end, newest first for
         backward, oldest first for forward; at most ``limit`` entries over all streams."""
         stats = stats or QueryStats()
-        matchers = parse_log_selector(selector).matchers
+        expr = parse_log_selector(selector)
+        if expr.stages:
+            # Never answer a filtered query with unfiltered lines.
+            raise BadRequest(
+                'only stream selectors such as {app="x"} are supported by query_range '
+                "so far; line filters, parsers and formatters are not"
+            )
+        matchers = expr.matchers
         by_stream: dict[str, list[list[Entry]]] = {}
         if self._ingesters_needed(end):
             replies = await self._ask_ingesters(

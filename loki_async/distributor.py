@@ -119,8 +119,7 @@ class Distributor:
             metrics.BYTES_RECEIVED.labels(tenant).inc(total_bytes)
         if problems:
             raise ValidationError("\n".join(problems))
-        if not valid:
-            raise ValidationError("error at least one valid stream is required for ingestion")
+        # An empty push (no streams, or streams without entries) succeeds, as in Loki.
 
     def validate(
         self, tenant: str, streams: list[PushStream]

@@ -146,6 +146,17 @@ async def test_malformed_bodies_are_400(loki) -> None:
                 assert (await r.text()).strip()
 
 
+async def test_empty_push_succeeds_as_in_loki(loki) -> None:
+    async with client() as session:
+        for body in (b'{"streams": []}', b'{"streams": [{"stream": {"a": "b"}, "values": []}]}'):
+            async with session.post(
+                f"{loki.url}/loki/api/v1/push",
+                data=body,
+                headers={"Content-Type": "application/json"},
+            ) as r:
+                assert r.status == 204, await r.text()
+
+
 async def test_unsorted_labels_are_one_stream(loki) -> None:
     now = time.time_ns()
     async with client() as session:

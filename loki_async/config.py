@@ -23,6 +23,7 @@ from typing import Any, get_type_hints
 import yaml
 
 from .errors import ConfigError
+from .logql import literals
 
 # --------------------------------------------------------------------------- field kinds
 
@@ -32,59 +33,21 @@ def opt(flag: str = "", key: str = "", kind: str = "", help: str = "") -> dict[s
     return {"flag": flag, "key": key, "kind": kind, "help": help}
 
 
-_DURATION_UNITS = {
-    "y": 365 * 86400.0,
-    "w": 7 * 86400.0,
-    "d": 86400.0,
-    "h": 3600.0,
-    "m": 60.0,
-    "s": 1.0,
-    "ms": 1e-3,
-    "us": 1e-6,
-    "µs": 1e-6,
-    "ns": 1e-9,
-}
-_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|us|µs|ns|y|w|d|h|m|s)")
-
-
 def parse_duration(text: str | int | float) -> float:
-    """Parse a Prometheus/Go duration (``1h30m``, ``7d``, ``250ms``, ``0``) into seconds."""
+    """Parse a duration as Loki's config does (``1h30m``, ``7d``, ``1w``, ``250ms``, Go's
+    ``1.5h``) into seconds; a bare number is seconds."""
     if isinstance(text, bool):
         raise ValueError(f"not a duration: {text!r}")
     if isinstance(text, int | float):
         return float(text)
-    s = text.strip()
-    if s in ("0", ""):
+    if text.strip() == "":
         return 0.0
-    pos, total = 0, 0.0
-    for m in _DURATION_RE.finditer(s):
-        if m.start() != pos:
-            break
-        total += float(m.group(1)) * _DURATION_UNITS[m.group(2)]
-        pos = m.end()
-    if pos != len(s) or pos == 0:
-        raise ValueError(f'not a valid duration string: "{text}"')
-    return total
+    return literals.parse_duration(text.strip()) / 1e9
 
 
 def format_duration(seconds: float) -> str:
-    """Format seconds as the shortest Prometheus duration (``2h``, ``1w``, ``1h30m``)."""
-    if seconds == 0:
-        return "0s"
-    ms = round(seconds * 1000)
-    out = []
-    for unit, size in (
-        ("w", 604_800_000),
-        ("d", 86_400_000),
-        ("h", 3_600_000),
-        ("m", 60_000),
-        ("s", 1000),
-        ("ms", 1),
-    ):
-        if ms >= size:
-            out.append(f"{ms // size}{unit}")
-            ms %= size
-    return "".join(out)
+    """Format seconds as Loki prints a duration (``2h``, ``1w``, ``1h30m``)."""
+    return literals.format_prom_duration(round(seconds * 1e9))
 
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)

@@ -3,6 +3,8 @@
 ``bench push``     pushes realistic data to a running server and reports lines/s, MB/s
                    and push latency percentiles. Request bodies are encoded before the
                    clock starts, so the figure is the server's, not the client's encoder.
+``bench query``    runs a query N times against a running server and reports median,
+                   min and max latency and the bytes and lines it processed.
 ``bench storage``  cuts the loghub samples into chunks with the ingester's own code
                    (head blocks, deterministic zstd, chunk encoding) and reports raw
                    line bytes against stored chunk bytes.
@@ -16,6 +18,7 @@ import gzip
 import json
 import os
 import random
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -40,51 +43,72 @@ def loghub_lines(directory: Path = LOGHUB) -> dict[str, list[bytes]]:
     return out
 
 
-def synthetic_line(rng: random.Random, i: int) -> bytes:
-    """A ~150-byte service log line in logfmt, as a typical application writes it."""
-    level = rng.choices(("info", "debug", "warn", "error"), (70, 20, 7, 3))[0]
+APPS = ("api", "auth", "billing", "search", "worker")
+LEVELS = ("info", "debug", "warn", "error")
+LEVEL_WEIGHTS = (70, 20, 7, 3)
+# The needle of the trace-ID benchmark: exactly one line of the synthetic set carries it.
+NEEDLE_TRACE_ID = "7d3f0c9a5b1e4f2a"
+
+
+def synthetic_line(rng: random.Random, level: str, trace_id: str = "") -> bytes:
+    """A ~150-byte service log line in logfmt, as a typical application writes it.
+
+    Durations are mostly short with a long tail (about 4% above 500ms)."""
+    duration = int(rng.lognormvariate(4.2, 1.0))
     return (
-        f"ts={i} level={level} caller=handler.go:{rng.randint(10, 999)} "
+        f"level={level} caller=handler.go:{rng.randint(10, 999)} "
         f'msg="request served" method={rng.choice(("GET", "POST", "PUT"))} '
         f"path=/api/v1/items/{rng.randint(1, 99999)} "
-        f"status={rng.choice((200, 200, 201, 404, 500))} "
-        f"duration={rng.randint(1, 900)}ms trace_id={rng.getrandbits(64):016x}"
+        f"status={rng.choice((200, 200, 200, 201, 404, 500))} "
+        f"duration={duration}ms bytes={rng.randint(100, 99999)} "
+        f"trace_id={trace_id or f'{rng.getrandbits(64):016x}'}"
     ).encode()
+
+
+def synthetic_entries(lines: int, seed: int = 42) -> list[tuple[int, int, bytes]]:
+    """``lines`` entries (app index, level index, line) over 20 streams (5 apps by 4
+    levels); the line at two thirds is in app "api" and carries NEEDLE_TRACE_ID."""
+    rng = random.Random(seed)
+    needle_at = lines * 2 // 3
+    out = []
+    levels = rng.choices(range(len(LEVELS)), LEVEL_WEIGHTS, k=lines)
+    for i in range(lines):
+        app = 0 if i == needle_at else rng.randrange(len(APPS))
+        lv = levels[i]
+        line = synthetic_line(rng, LEVELS[lv], NEEDLE_TRACE_ID if i == needle_at else "")
+        out.append((app, lv, line))
+    return out
 
 
 def make_batches(args: argparse.Namespace) -> tuple[list[bytes], int, int]:
     """Pre-encoded request bodies; returns (bodies, lines, raw line bytes)."""
-    rng = random.Random(42)
-    if args.source == "loghub":
-        systems = loghub_lines(Path(args.loghub_dir))
-        pool = [ln for lines in systems.values() for ln in lines]
-        names = list(systems)
-    else:
-        pool = [synthetic_line(rng, i) for i in range(20000)]
-        names = ["svc"]
     now = time.time_ns()
     span = int(args.days * 86400 * NS)
     first = now - span + 3600 * NS
     step = max((now - 60 * NS - first) // max(args.lines, 1), 1)
+    if args.source == "loghub":
+        systems = loghub_lines(Path(args.loghub_dir))
+        pool = [ln for lines in systems.values() for ln in lines]
+        names = list(systems)
+        entries = [(i % args.streams, 0, pool[i % len(pool)]) for i in range(args.lines)]
+
+        def labels(sid: int, _: int) -> list[tuple[str, str]]:
+            return [("job", "bench"), ("source", names[sid % len(names)]), ("stream", str(sid))]
+    else:
+        entries = synthetic_entries(args.lines)
+
+        def labels(app: int, lv: int) -> list[tuple[str, str]]:
+            return [("app", APPS[app]), ("job", "bench"), ("level", LEVELS[lv])]
+
     bodies: list[bytes] = []
     raw = 0
-    per_batch_streams = min(args.streams, args.batch)
-    n = 0
-    while n < args.lines:
-        size = min(args.batch, args.lines - n)
-        streams: dict[int, PushStream] = {}
-        for k in range(size):
-            idx = n + k
-            sid = (idx // max(size // per_batch_streams, 1) + n) % args.streams
-            s = streams.get(sid)
+    for n in range(0, args.lines, args.batch):
+        streams: dict[tuple[int, int], PushStream] = {}
+        for idx in range(n, min(n + args.batch, args.lines)):
+            a, b, line = entries[idx]
+            s = streams.get((a, b))
             if s is None:
-                s = streams[sid] = PushStream(
-                    [("job", "bench"), ("source", names[sid % len(names)]), ("stream", str(sid))],
-                    [],
-                    [],
-                    None,
-                )
-            line = pool[idx % len(pool)]
+                s = streams[(a, b)] = PushStream(labels(a, b), [], [], None)
             s.timestamps.append(first + idx * step)
             s.lines.append(line)
             raw += len(line)
@@ -95,7 +119,6 @@ def make_batches(args: argparse.Namespace) -> tuple[list[bytes], int, int]:
             if args.format == "gzip":
                 body = gzip.compress(body, 1)
         bodies.append(body)
-        n += size
     return bodies, args.lines, raw
 
 
@@ -150,7 +173,8 @@ async def run_push(args: argparse.Namespace) -> dict[str, Any]:
         "source": args.source,
         "format": args.format,
         "lines": lines,
-        "streams": args.streams,
+        "streams": args.streams if args.source == "loghub" else len(APPS) * len(LEVELS),
+        **({"needle_trace_id": NEEDLE_TRACE_ID} if args.source == "synthetic" else {}),
         "batch": args.batch,
         "connections": args.connections,
         "requests": len(bodies),
@@ -161,6 +185,62 @@ async def run_push(args: argparse.Namespace) -> dict[str, Any]:
         "request_mb_per_s": round(sum(map(len, bodies)) / elapsed / 1e6, 2),
         "p50_ms": pct(0.50),
         "p99_ms": pct(0.99),
+    }
+
+
+async def run_query(args: argparse.Namespace) -> dict[str, Any]:
+    """Run one query ``--runs`` times against a running server (results cache bypassed
+    with ``Cache-Control: no-cache``, as Loki's frontend honours it)."""
+    import aiohttp
+
+    params = {"query": args.query, "limit": str(args.limit)}
+    if args.instant:
+        path = "/loki/api/v1/query"
+        if args.end:
+            params["time"] = args.end
+    else:
+        path = "/loki/api/v1/query_range"
+        params["since"] = args.since
+        for name in ("start", "end", "step", "direction"):
+            if getattr(args, name):
+                params[name] = getattr(args, name)
+    headers = {"Cache-Control": "no-cache"}
+    if args.tenant:
+        headers["X-Scope-OrgID"] = args.tenant
+    latencies: list[float] = []
+    body: dict[str, Any] = {}
+    async with aiohttp.ClientSession() as session:
+        for _ in range(args.runs):
+            t0 = time.perf_counter()
+            async with session.get(f"{args.url}{path}", params=params, headers=headers) as r:
+                raw = await r.read()
+                if r.status != 200:
+                    raise SystemExit(f"query failed: {r.status} {raw.decode(errors='replace')}")
+            latencies.append(time.perf_counter() - t0)
+            body = json.loads(raw)
+    data = body["data"]
+    summary = data.get("stats", {}).get("summary", {})
+    result = data["result"]
+    if data["resultType"] == "streams":
+        returned = sum(len(s["values"]) for s in result)
+    else:
+        returned = len(result)
+    med = statistics.median(latencies)
+    nbytes = summary.get("totalBytesProcessed", 0)
+    return {
+        "bench": "query",
+        "query": args.query,
+        "params": {k: v for k, v in params.items() if k != "query"},
+        "runs": args.runs,
+        "median_s": round(med, 3),
+        "min_s": round(min(latencies), 3),
+        "max_s": round(max(latencies), 3),
+        "result_type": data["resultType"],
+        "returned": returned,
+        "lines_processed": summary.get("totalLinesProcessed", 0),
+        "bytes_processed": nbytes,
+        "bytes_per_s": round(nbytes / med) if med else 0,
+        "splits": summary.get("splits", 0),
     }
 
 
@@ -241,7 +321,24 @@ def main(argv: list[str]) -> int:
     storage = sub.add_parser("storage", help="raw bytes against stored chunk bytes")
     storage.add_argument("--repeat", type=int, default=1, help="repeat each sample N times")
     storage.add_argument("--loghub-dir", default=os.environ.get("LOGHUB_DIR", str(LOGHUB)))
+    query = sub.add_parser("query", help="latency of one query against a running server")
+    query.add_argument("--url", default="http://127.0.0.1:3100")
+    query.add_argument("--query", required=True)
+    query.add_argument("--start", default="", help="ns, seconds or RFC3339 (default: --since)")
+    query.add_argument("--end", default="", help="ns, seconds or RFC3339 (default: now)")
+    query.add_argument("--since", default="7d", help="range when --start is not given")
+    query.add_argument("--step", default="", help="metric queries: duration or seconds")
+    query.add_argument("--limit", type=int, default=100)
+    query.add_argument("--direction", default="")
+    query.add_argument("--instant", action="store_true", help="use /query at --end")
+    query.add_argument("--runs", type=int, default=5)
+    query.add_argument("--tenant", default="")
     args = p.parse_args(argv)
-    result = asyncio.run(run_push(args)) if args.what == "push" else run_storage(args)
+    if args.what == "push":
+        result = asyncio.run(run_push(args))
+    elif args.what == "query":
+        result = asyncio.run(run_query(args))
+    else:
+        result = run_storage(args)
     print(json.dumps(result))
     return 1 if result.get("failed") else 0

@@ -41,6 +41,8 @@ INGESTER_PUSH = "loki.ingester.{id}.push"
 INGESTER_QUERY = "loki.ingester.{id}.query"
 INGESTER_LABELS = "loki.ingester.{id}.labels"
 INGESTER_SERIES = "loki.ingester.{id}.series"
+INGESTER_STATS = "loki.ingester.{id}.stats"
+INGESTER_FLUSH = "loki.ingester.{id}.flush"
 
 RING_BUCKET = "ring"
 

@@ -177,6 +177,18 @@ class QuerierConfig:
 
 
 @dataclass(frozen=True)
+class QueryRangeConfig:
+    align_queries_with_step: bool = field(
+        default=False, metadata=opt("-querier.align-querier-with-step")
+    )
+    cache_results: bool = field(default=True, metadata=opt("-querier.cache-results"))
+    results_cache_max_entries: int = field(
+        default=4096,
+        metadata=opt("-frontend.results-cache.max-entries", help="split results kept in memory"),
+    )
+
+
+@dataclass(frozen=True)
 class FilesystemStorageConfig:
     directory: str = field(
         default="", metadata=opt("-local.chunk-directory", help="default: <path_prefix>/chunks")
@@ -246,6 +258,29 @@ class LimitsConfig:
     max_entries_limit_per_query: int = field(
         default=5000, metadata=opt("-validation.max-entries-limit")
     )
+    max_query_series: int = field(default=500, metadata=opt("-querier.max-query-series"))
+    max_streams_matchers_per_query: int = field(
+        default=1000, metadata=opt("-querier.max-streams-matcher-per-query")
+    )
+    query_timeout_s: float = field(
+        default=60.0, metadata=opt("-querier.query-timeout", key="query_timeout", kind="duration")
+    )
+    split_queries_by_interval_s: float = field(
+        default=3600.0,
+        metadata=opt(
+            "-querier.split-queries-by-interval", key="split_queries_by_interval", kind="duration"
+        ),
+    )
+    max_query_parallelism: int = field(default=32, metadata=opt("-querier.max-query-parallelism"))
+    max_cache_freshness_per_query_s: float = field(
+        default=600.0,
+        metadata=opt(
+            "-frontend.max-cache-freshness",
+            key="max_cache_freshness_per_query",
+            kind="duration",
+            help="metric splits newer than this are not cached",
+        ),
+    )
 
 
 @dataclass(frozen=True)
@@ -283,6 +318,7 @@ class Config:
     common: CommonConfig = field(default_factory=CommonConfig)
     ingester: IngesterConfig = field(default_factory=IngesterConfig)
     querier: QuerierConfig = field(default_factory=QuerierConfig)
+    query_range: QueryRangeConfig = field(default_factory=QueryRangeConfig)
     storage_config: StorageConfig = field(default_factory=StorageConfig)
     limits_config: LimitsConfig = field(default_factory=LimitsConfig)
     nats: NATSConfig = field(default_factory=NATSConfig)

@@ -93,6 +93,12 @@ class Unavailable(LokiError):
     status = 503
 
 
+class QueryTimeout(LokiError):
+    """A query ran longer than ``query_timeout`` (504)."""
+
+    status = 504
+
+
 def from_wire(payload: dict[str, Any]) -> LokiError:
     """Rebuild an error sent with :meth:`LokiError.to_wire` over NATS."""
     status = int(payload.get("status", 500))
@@ -108,6 +114,7 @@ _BY_STATUS: dict[int, type[LokiError]] = {
     413: PayloadTooLarge,
     429: RateLimited,
     503: Unavailable,
+    504: QueryTimeout,
 }
 
 

@@ -28,9 +28,9 @@ from typing import Any
 from . import bus, metrics
 from .chunk import Block, Codec, CompressedBlock, build_block, decode_block, encode_chunk
 from .config import IngesterConfig
-from .errors import BadRequest
 from .labels import label_map
 from .logql import parse_log_selector
+from .logql.pipeline import Pipeline, compile_pipeline
 from .ring import ACTIVE, LEAVING, Lifecycler
 from .store import ChunkRef, Store, chunk_key
 from .wal import WAL
@@ -179,6 +179,8 @@ class Ingester:
             bus.INGESTER_PUSH: self._handle_push,
             bus.INGESTER_LABELS: self._handle_labels,
             bus.INGESTER_SERIES: self._handle_series,
+            bus.INGESTER_STATS: self._handle_stats,
+            bus.INGESTER_FLUSH: self._handle_flush,
         }
         for subject, handler in subjects.items():
             self._subs.append(await bus.serve(self.nc, subject.format(id=self.id), handler))
@@ -295,7 +297,7 @@ class Ingester:
                 metrics.INGESTER_CHUNKS_FLUSHED.labels(c.close_reason).inc()
                 metrics.INGESTER_CHUNK_BYTES.inc(len(data))
                 metrics.INGESTER_RAW_BYTES.inc(c.raw_bytes)
-                return ChunkRef(key, c.mint, c.maxt, c.entries, len(data))
+                return ChunkRef(key, c.mint, c.maxt, c.entries, len(data), c.raw_bytes)
 
             refs = await asyncio.gather(*(upload(s, c) for s, c in todo))
             by_tenant: dict[str, dict[int, tuple[str, int, list[ChunkRef]]]] = {}
@@ -325,11 +327,7 @@ class Ingester:
 
     # ------------------------------------------------------------------ read path
 
-    def _matching(self, tenant: str, selector: str) -> list[Stream]:
-        try:
-            matchers = parse_log_selector(selector).matchers
-        except Exception as e:
-            raise BadRequest(str(e)) from None
+    def _matching(self, tenant: str, matchers: Any) -> list[Stream]:
         out = []
         for (t, _), s in self.streams.items():
             if t != tenant:
@@ -340,24 +338,26 @@ class Ingester:
         return out
 
     async def _handle_query(self, req: dict[str, Any]) -> AsyncIterator[tuple[Any, int]]:
-        """Entries of matching streams with start <= ts < end, as column pieces."""
+        """Entries of matching streams with start <= ts < end, as column pieces. The
+        query's leading line filters run here, so only lines that can match travel."""
         start, end = req["start"], req["end"]
-        for s in self._matching(req["t"], req["q"]):
+        expr = parse_log_selector(req["q"])
+        pipeline = compile_pipeline(expr)
+        for s in self._matching(req["t"], expr.matchers):
             for c in list(s.chunks):
                 if c.maxt < start or c.mint >= end or not c.entries:
                     continue
-                for cb in c.blocks:
-                    if cb.maxt < start or cb.mint >= end:
-                        continue
+                blocks = [cb for cb in c.blocks if cb.maxt >= start and cb.mint < end]
+                for cb in blocks:
                     b = decode_block(self.codec.decompress(cb.data, cb.raw_length))
-                    piece = _piece(s.labels, b, start, end)
+                    piece = _piece(s.labels, b, start, end, pipeline)
                     if piece:
-                        yield piece, len(piece[3])
+                        yield piece, len(piece[3]) + 64
                 if len(c.head):
                     b = decode_block(c.head.build())
-                    piece = _piece(s.labels, b, start, end)
+                    piece = _piece(s.labels, b, start, end, pipeline)
                     if piece:
-                        yield piece, len(piece[3])
+                        yield piece, len(piece[3]) + 64
                 await asyncio.sleep(0)
 
     async def _handle_labels(self, req: dict[str, Any]) -> list[str]:
@@ -375,32 +375,71 @@ class Ingester:
 
     async def _handle_series(self, req: dict[str, Any]) -> list[str]:
         out: set[str] = set()
-        for selector in req["match"]:
-            out.update(s.labels for s in self._matching(req["t"], selector))
+        for selector in req["match"] or [""]:
+            matchers = parse_log_selector(selector).matchers if selector else ()
+            out.update(s.labels for s in self._matching(req["t"], matchers))
         return sorted(out)
 
+    async def _handle_stats(self, req: dict[str, Any]) -> list[Any]:
+        """Per matching stream, its in-memory chunks overlapping [start, end]:
+        ``[labels, [[mint, maxt, entries, raw bytes], ...]]``."""
+        start, end = req["start"], req["end"]
+        out = []
+        matchers = parse_log_selector(req["q"]).matchers if req.get("q") else ()
+        for s in self._matching(req["t"], matchers):
+            chunks = [
+                [c.mint, c.maxt, c.entries, c.raw_bytes]
+                for c in s.chunks
+                if c.entries and c.maxt >= start and c.mint <= end
+            ]
+            if chunks:
+                out.append([s.labels, chunks])
+        return out
 
-def _piece(labels: str, b: Block, start: int, end: int) -> list[Any] | None:
-    """The [start, end) slice of a block as wire columns: labels, ts, lens, blob, meta."""
+    async def _handle_flush(self, req: dict[str, Any]) -> int:
+        return await self.flush(force=True)
+
+
+def _piece(labels: str, b: Block, start: int, end: int, pipeline: Pipeline) -> list[Any] | None:
+    """The entries of a block in [start, end) kept by the pipeline's leading line filters,
+    as wire columns: labels, ts, lens, blob, meta."""
     lo, hi = b.range_indexes(start, end)
     if lo >= hi:
         return None
-    lens = array("I", (b.offsets[i + 1] - b.offsets[i] for i in range(lo, hi)))
+    offs = b.offsets
+    # What was scanned here counts as processed, even if no line of it travels.
+    scanned = [hi - lo, offs[hi] - offs[lo]]
+    if not pipeline.block_may_match(b.blob):
+        return [labels, b"", b"", b"", None, scanned]
+    idx = pipeline.filter_block(b, lo, hi)
+    if not len(idx):
+        return [labels, b"", b"", b"", None, scanned]
     meta = None
+    if isinstance(idx, range) and idx.step == 1:
+        # Fast path: a contiguous run is a slice of each column.
+        lo, hi = idx.start, idx.stop
+        lens = array("I", (offs[i + 1] - offs[i] for i in range(lo, hi)))
+        if b.meta_offsets is not None:
+            meta = [b.metadata(i) for i in range(lo, hi)]
+        blob = b.blob[offs[lo] : offs[hi]]
+        return [labels, b.ts[lo:hi].tobytes(), lens.tobytes(), blob, meta, scanned]
+    blob = b.blob
+    lens = array("I", (offs[i + 1] - offs[i] for i in idx))
     if b.meta_offsets is not None:
-        meta = [b.metadata(i) for i in range(lo, hi)]
+        meta = [b.metadata(i) for i in idx]
     return [
         labels,
-        b.ts[lo:hi].tobytes(),
+        array("q", [b.ts[i] for i in idx]).tobytes(),
         lens.tobytes(),
-        b.blob[b.offsets[lo] : b.offsets[hi]],
+        b"".join([blob[offs[i] : offs[i + 1]] for i in idx]),
         meta,
+        scanned,
     ]
 
 
 def piece_block(piece: list[Any]) -> Block:
     """Rebuild a Block from a wire piece (querier side)."""
-    _, ts_b, lens_b, blob, meta = piece
+    ts_b, lens_b, blob, meta = piece[1:5]
     ts = array("q")
     ts.frombytes(ts_b)
     lens = array("I")

@@ -30,6 +30,7 @@ from . import bus
 from .api import API
 from .config import Config
 from .distributor import Distributor, NATSIngesterClient
+from .frontend import Frontend
 from .ingester import Ingester
 from .objstore import FilesystemObjectClient, ObjectClient, S3ObjectClient
 from .querier import Querier
@@ -199,6 +200,10 @@ class App:
             )
         self.api.distributor = self.distributor
         self.api.querier = self.querier
+        self.api.ingester = self.ingester
+        if "query-frontend" in self.modules:
+            assert self.querier is not None, "BUG: query-frontend without querier"
+            self.api.frontend = Frontend(cfg, self.querier)
         self._started = True
         log.info(
             "started target=%s modules=%s http=%s:%d",

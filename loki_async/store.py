@@ -5,7 +5,7 @@ Layout under the object store (per tenant)::
     <tenant>/chunks/<fp:016x>/<from:x>-<through:x>-<crc32:08x>   a chunk (content addressed)
     <tenant>/index/<day>/<writer>-<ns>-<rand>.idx                   an immutable index segment
 
-A segment is zstd(msgpack) of ``[[labels, fp, [[key, from, through, entries, bytes], ...]],
+A segment is zstd(msgpack) of ``[[labels, fp, [[key, from, through, entries, bytes, raw], ...]],
 ...]``: the series it saw and their chunk refs. A chunk spanning several days is listed
 in each day's segment. Segments are immutable, so readers cache them by key forever;
 the listing of a day is read on every query so that a freshly flushed chunk is seen at
@@ -43,6 +43,7 @@ class ChunkRef:
     maxt: int
     entries: int
     size: int
+    raw: int = 0  # line bytes before compression (0 in segments written without it)
 
 
 @dataclass(slots=True)
@@ -76,7 +77,7 @@ class Store:
             for r in refs:
                 for day in range(r.mint // DAY_NS, r.maxt // DAY_NS + 1):
                     entry = by_day.setdefault(day, {}).setdefault(fp, (labels, []))
-                    entry[1].append([r.key, r.mint, r.maxt, r.entries, r.size])
+                    entry[1].append([r.key, r.mint, r.maxt, r.entries, r.size, r.raw])
         for day, fps in by_day.items():
             body = [[labels, fp, refs] for fp, (labels, refs) in fps.items()]
             data = self._zc.compress(msgpack.packb(body))
@@ -107,13 +108,13 @@ class Store:
         segs = await asyncio.gather(*(self._segment_or_none(k) for k in keys))
         for seg in segs:
             for labels, fp, refs in seg or ():
-                for key, mint, maxt, entries, size in refs:
+                for key, mint, maxt, entries, size, *raw in refs:
                     if maxt < start or mint > end:
                         continue
                     s = out.get(fp)
                     if s is None:
                         s = out[fp] = Series(labels, fp)
-                    s.chunks[key] = ChunkRef(key, mint, maxt, entries, size)
+                    s.chunks[key] = ChunkRef(key, mint, maxt, entries, size, raw[0] if raw else 0)
         return out
 
     async def _segment_or_none(self, key: str) -> list[list] | None:

@@ -186,8 +186,6 @@ async def test_query_parameters_are_validated(loki) -> None:
                 "parse error",
             ),
             ({}, "query parameter is required"),
-            ({"query": '{a="b"} |= "x"'}, "only stream selectors"),
-            ({"query": 'rate({a="b"}[5m])'}, "only log selector is supported"),
         ):
             status, body = await get(session, loki.url, "/loki/api/v1/query_range", **params)
             assert status == 400, body

@@ -198,7 +198,8 @@ def encode_streams(
 def _all_labels(ll: Any) -> dict[str, str]:
     if not ll.structured_metadata and not ll.parsed:
         return ll.stream
-    return dict(label_map(ll.key))
+    # Not re-parsed from the key: parsed labels may have empty values (or names).
+    return {**ll.stream, **ll.structured_metadata, **ll.parsed}
 
 
 def _selector_param(params: Any) -> str:
@@ -421,6 +422,7 @@ class API:
             limit=_limit_param(params),
             direction=_direction_param(params),
             no_cache=_no_cache(request),
+            instant=True,
         )
         return await self._answer(request, req)
 

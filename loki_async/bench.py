@@ -50,22 +50,33 @@ LEVEL_WEIGHTS = (70, 20, 7, 3)
 NEEDLE_TRACE_ID = "7d3f0c9a5b1e4f2a"
 
 
-def synthetic_line(rng: random.Random, level: str, trace_id: str = "") -> bytes:
-    """A ~150-byte service log line in logfmt, as a typical application writes it.
-
-    Durations are mostly short with a long tail (about 4% above 500ms)."""
-    duration = int(rng.lognormvariate(4.2, 1.0))
-    return (
-        f"level={level} caller=handler.go:{rng.randint(10, 999)} "
-        f'msg="request served" method={rng.choice(("GET", "POST", "PUT"))} '
-        f"path=/api/v1/items/{rng.randint(1, 99999)} "
-        f"status={rng.choice((200, 200, 200, 201, 404, 500))} "
-        f"duration={duration}ms bytes={rng.randint(100, 99999)} "
-        f"trace_id={trace_id or f'{rng.getrandbits(64):016x}'}"
+def synthetic_line(
+    rng: random.Random, level: str, trace_id: str = "", fmt: str = "logfmt"
+) -> bytes:
+    """A ~150-byte service log line in logfmt (or JSON, ~190 bytes), as a typical
+    application writes it. Durations are mostly short with a long tail (about 2% above
+    500ms)."""
+    fields = {
+        "level": level,
+        "caller": f"handler.go:{rng.randint(10, 999)}",
+        "msg": "request served",
+        "method": rng.choice(("GET", "POST", "PUT")),
+        "path": f"/api/v1/items/{rng.randint(1, 99999)}",
+        "status": rng.choice((200, 200, 200, 201, 404, 500)),
+        "duration": f"{int(rng.lognormvariate(4.2, 1.0))}ms",
+        "bytes": rng.randint(100, 99999),
+        "trace_id": trace_id or f"{rng.getrandbits(64):016x}",
+    }
+    if fmt == "json":
+        return json.dumps(fields, separators=(",", ":")).encode()
+    return " ".join(
+        f'{k}="{v}"' if isinstance(v, str) and " " in v else f"{k}={v}" for k, v in fields.items()
     ).encode()
 
 
-def synthetic_entries(lines: int, seed: int = 42) -> list[tuple[int, int, bytes]]:
+def synthetic_entries(
+    lines: int, seed: int = 42, fmt: str = "logfmt"
+) -> list[tuple[int, int, bytes]]:
     """``lines`` entries (app index, level index, line) over 20 streams (5 apps by 4
     levels); the line at two thirds is in app "api" and carries NEEDLE_TRACE_ID."""
     rng = random.Random(seed)
@@ -75,7 +86,7 @@ def synthetic_entries(lines: int, seed: int = 42) -> list[tuple[int, int, bytes]
     for i in range(lines):
         app = 0 if i == needle_at else rng.randrange(len(APPS))
         lv = levels[i]
-        line = synthetic_line(rng, LEVELS[lv], NEEDLE_TRACE_ID if i == needle_at else "")
+        line = synthetic_line(rng, LEVELS[lv], NEEDLE_TRACE_ID if i == needle_at else "", fmt)
         out.append((app, lv, line))
     return out
 
@@ -95,10 +106,11 @@ def make_batches(args: argparse.Namespace) -> tuple[list[bytes], int, int]:
         def labels(sid: int, _: int) -> list[tuple[str, str]]:
             return [("job", "bench"), ("source", names[sid % len(names)]), ("stream", str(sid))]
     else:
-        entries = synthetic_entries(args.lines)
+        entries = synthetic_entries(args.lines, fmt=args.line_format)
+        job = "bench" if args.line_format == "logfmt" else f"bench-{args.line_format}"
 
         def labels(app: int, lv: int) -> list[tuple[str, str]]:
-            return [("app", APPS[app]), ("job", "bench"), ("level", LEVELS[lv])]
+            return [("app", APPS[app]), ("job", job), ("level", LEVELS[lv])]
 
     bodies: list[bytes] = []
     raw = 0
@@ -315,6 +327,12 @@ def main(argv: list[str]) -> int:
     push.add_argument("--connections", type=int, default=1)
     push.add_argument("--source", choices=("loghub", "synthetic"), default="loghub")
     push.add_argument("--format", choices=("json", "gzip", "protobuf"), default="protobuf")
+    push.add_argument(
+        "--line-format",
+        choices=("logfmt", "json"),
+        default="logfmt",
+        help="synthetic lines: logfmt (job=bench) or JSON (job=bench-json)",
+    )
     push.add_argument("--days", type=float, default=7.0, help="time span the lines cover")
     push.add_argument("--tenant", default="")
     push.add_argument("--loghub-dir", default=os.environ.get("LOGHUB_DIR", str(LOGHUB)))

@@ -42,7 +42,7 @@ NS = 10**9
 
 @dataclass(frozen=True, slots=True)
 class QueryRequest:
-    """A validated query: times in ns; ``step`` 0 for instant queries."""
+    """A validated query: times in ns; ``step`` 0 for log and instant queries."""
 
     tenant: str
     query: str
@@ -54,14 +54,11 @@ class QueryRequest:
     limit: int = 100
     direction: str = BACKWARD
     no_cache: bool = False  # Cache-Control: no-cache: neither read nor fill the results cache
+    instant: bool = False  # /query: one evaluation at `end`
 
     @property
     def is_log(self) -> bool:
         return isinstance(self.expr, LogSelectorExpr)
-
-    @property
-    def instant(self) -> bool:
-        return self.step == 0
 
 
 @dataclass(frozen=True, slots=True)

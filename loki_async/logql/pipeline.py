@@ -1825,6 +1825,18 @@ class SampleExtractor:
         self.groups = tuple(groups)
         self.without = without
         self.no_labels = no_labels
+        stages_after = self.pipeline._stages
+        self.logfmt_only = (
+            len(stages_after) == 1
+            and isinstance(stages_after[0], _LogfmtStage)
+            and not stages_after[0].strict
+            and self.value_kind != "unwrap"
+            and not without
+            and (no_labels or bool(groups))
+        )
+        """The only stage is a non-strict ``| logfmt``, which never fails, and the series
+        keep only the grouping labels: where those are all stream labels, a parsed label
+        cannot change a line's series (a clash is renamed ``_extracted``)."""
         self.count_only = (
             self.value_kind == "count"
             and self.pipeline.line_filter_only
@@ -1863,6 +1875,10 @@ class StreamSampleExtractor:
         else:
             self.base_key = self.sp.base_labels.key
         """The series of entries whose labels the pipeline leaves unchanged."""
+        self.series_fixed = ex.logfmt_only and (
+            ex.no_labels or all(g in base for g in ex.groups)
+        )
+        """Every line of this stream is in the base series (see ``logfmt_only``)."""
         self._keys: dict[Any, str] = {}
 
     def _key(self, b: _Builder) -> str:
@@ -1905,11 +1921,11 @@ class StreamSampleExtractor:
         ex = self.ex
         ts_col, offsets, blob = block.ts, block.offsets, block.blob
         if (
-            ex.pipeline.line_filter_only
+            (ex.pipeline.line_filter_only or self.series_fixed)
             and ex.value_kind != "unwrap"
             and (block.meta_offsets is None)
         ):
-            # Fast path: no stage can change labels or drop lines.
+            # Fast path: no stage can change the series or drop lines.
             if isinstance(indexes, range) and indexes.step == 1:
                 ts = ts_col[indexes.start : indexes.stop]
             else:

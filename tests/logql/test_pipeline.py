@@ -584,3 +584,34 @@ def test_errors_are_bad_requests_with_loki_wording() -> None:
     assert re.search(r"unexpected \$end, expecting RSB", str(info.value))
     with pytest.raises(BadRequest, match=r'ip: invalid pattern: "1.2.3.4-1.0.0.0"'):
         pipeline('{a="b"} | x=ip("1.2.3.4-1.0.0.0")')
+
+
+LOGFMT_LIKE = [
+    b'level=error msg="a b" level=warn',
+    b"level= x=1",
+    b'level="unterminated',
+    b"=x level=debug",
+    b"level_extracted=1 le.vel=2",
+]
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.binary(max_size=40) | st.sampled_from(LOGFMT_LIKE), min_size=1, max_size=20))
+def test_logfmt_block_fast_path_agrees_with_line_by_line(lines: list[bytes]) -> None:
+    """`sum by (<stream label>)` over a non-strict `| logfmt`: the block path counts every
+    line in the stream's series without parsing; the per-line path must agree."""
+    expr = parse_expr('sum by (level) (count_over_time({app="a", level="info"} | logfmt [1m]))')
+    (range_expr,) = [e for e in walk(expr) if isinstance(e, RangeAggregationExpr)]
+    ex = compile_sample_extractor(range_expr, expr)
+    sx = ex.for_stream('{app="a", level="info"}')
+    assert sx.series_fixed
+    b = block_of(lines)
+    got = sx.extract_block(b, range(len(b)))
+    keys = []
+    for i in range(len(b)):
+        r = sx.sp.run(b.ts[i], b.line(i), b"")
+        assert r is not None
+        keys.append(sx._key(r[1]))
+    assert set(keys) == set(got) == {'{level="info"}'}
+    assert list(got['{level="info"}'][0]) == list(b.ts)
+

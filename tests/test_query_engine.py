@@ -572,6 +572,12 @@ def test_binary_operations(data) -> None:
         )
     )
     approx(got, {k: v - tot[dict(k)["app"]] for k, v in c.items()})
+    got = vec(
+        instant(
+            loki, f'{per_app} * on (app) group_right count_over_time({{app=~"api|web"}}[20m])', at
+        )
+    )
+    approx(got, {k: v * tot[dict(k)["app"]] for k, v in c.items()})
     # set operators
     errors = 'count_over_time({app=~"api|web", level="error"}[20m])'
     every = 'count_over_time({app=~"api|web"}[20m])'

@@ -321,3 +321,29 @@ def test_query_timeout_is_504(tmp_path: Path) -> None:
         assert status == 504 and body.startswith("request timed out")
     finally:
         loki.stop()
+
+
+@pytest.mark.parametrize(
+    "path, params, message",
+    [
+        ("/loki/api/v1/query", {"query": "sum("}, "parse error"),
+        ("/loki/api/v1/query", {"query": "1", "time": "noon"}, 'cannot parse "noon"'),
+        ("/loki/api/v1/query", {"query": 'rate({a="b"}[1m])', "limit": "0"}, "limit must be"),
+        ("/loki/api/v1/labels", {"start": "x"}, 'cannot parse "x"'),
+        ("/loki/api/v1/label/app/values", {"query": "{app="}, "parse error"),
+        ("/loki/api/v1/label/app/values", {"end": "x"}, 'cannot parse "x"'),
+        ("/loki/api/v1/series", {"match[]": '{app="api"', "start": "1"}, "parse error"),
+        ("/loki/api/v1/index/stats", {"query": "{app=~"}, "parse error"),
+        ("/loki/api/v1/index/stats", {"query": '{app="api"}', "since": "1x"}, "cannot parse"),
+        ("/loki/api/v1/index/volume", {"query": "nope"}, "parse error"),
+        ("/loki/api/v1/index/volume", {"query": "{}", "limit": "-1"}, "limit must be"),
+        ("/loki/api/v1/index/volume_range", {"query": '{app="x"}', "step": "-1"}, "step"),
+        ("/loki/api/v1/detected_labels", {"query": '{app="x"'}, "parse error"),
+        ("/loki/api/v1/detected_labels", {"start": "2", "end": "1"}, "end timestamp must not"),
+    ],
+)
+def test_every_endpoint_answers_bad_input_with_400(server, path, params, message) -> None:
+    loki, _ = server
+    status, body = call(loki, path, **params)
+    assert status == 400, (path, body)
+    assert message in (body if isinstance(body, str) else str(body))

@@ -665,3 +665,48 @@ def test_range_query_step_alignment(data) -> None:
     )
     (points,) = got.values()
     assert all(t % (600 * NS) == 0 for t in points)
+
+
+def test_results_cache_serves_past_splits_unless_no_cache(data) -> None:
+    loki, _, t0 = data
+    params = {
+        "query": 'sum(count_over_time({app="web"}[5m]))',
+        "start": str(t0),
+        "end": str(t0 + 120 * MIN),
+        "step": "300",
+    }
+
+    async def run(headers: dict[str, str]) -> dict:
+        async with client() as s:
+            async with s.get(
+                f"{loki.url}/loki/api/v1/query_range", params=params, headers=headers
+            ) as r:
+                assert r.status == 200
+                return await r.json()
+
+    first = asyncio.run(run({}))
+    second = asyncio.run(run({}))
+    bypass = asyncio.run(run({"Cache-Control": "no-cache"}))
+    assert first["data"]["result"] == second["data"]["result"] == bypass["data"]["result"]
+    splits = second["data"]["stats"]["summary"]["splits"]
+    assert splits == 3
+    assert second["data"]["stats"]["cache"]["result"]["entriesFound"] == splits
+    assert bypass["data"]["stats"]["cache"]["result"]["entriesRequested"] == 0
+    assert bypass["data"]["stats"]["summary"]["totalLinesProcessed"] > 0
+
+
+def test_log_query_stops_reading_once_the_limit_is_met(data) -> None:
+    loki, entries, t0 = data
+    status, body = _q(
+        loki,
+        "/loki/api/v1/query_range",
+        query='{app="api", level="info"}',
+        start=t0,
+        end=t0 + 3 * 3600 * NS,
+        limit=5,
+        direction="backward",
+    )
+    assert status == 200
+    total = sum(1 for e in entries if e.labels == {"app": "api", "level": "info"})
+    processed = body["data"]["stats"]["summary"]["totalLinesProcessed"]
+    assert 5 <= processed <= total // 2  # the newest hour only, of two

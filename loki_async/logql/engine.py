@@ -61,7 +61,7 @@ from loki_async.logql.ast import (
     walk,
 )
 from loki_async.logql.literals import format_float_f, go_quote
-from loki_async.logql.regex import compile_go
+from loki_async.logql.regex import compile_go, expand
 from loki_async.logql.syntax import merge_binop
 
 ERROR_LABEL = "__error__"
@@ -1098,64 +1098,11 @@ def _replace(
     m = pattern.search(dict(labels).get(e.src, ""))
     if m is None:
         return labels
-    value = _expand(e.replacement, m, names)
+    value = expand(e.replacement, m, names)
     out = {n: v for n, v in labels if n != e.dst}
     if value:
         out[e.dst] = value
     return tuple(sorted(out.items()))
-
-
-def _expand(template: str, m: re.Match[str], names: tuple[str, ...]) -> str:
-    """Go's ``Regexp.Expand``: ``$1``, ``${1}``, ``$name``, ``${name}``, ``$$``; an
-    unknown group expands to nothing, a malformed ``$`` stays as it is."""
-    out: list[str] = []
-    rest = template
-    while True:
-        before, dollar, rest = rest.partition("$")
-        out.append(before)
-        if not dollar:
-            return "".join(out)
-        if rest.startswith("$"):
-            out.append("$")
-            rest = rest[1:]
-            continue
-        parsed = _extract(rest)
-        if parsed is None:
-            out.append("$")
-            continue
-        name, num, rest = parsed
-        group = None
-        if num >= 0:
-            if num <= len(names):
-                group = m.group(num)
-        else:
-            for i, candidate in enumerate(names, start=1):
-                if candidate == name:
-                    group = m.group(i)
-                    break
-        if group:
-            out.append(group)
-
-
-def _extract(text: str) -> tuple[str, int, str] | None:
-    """The group reference at the start of `text` (after a ``$``): name, number (-1 for a
-    name) and the rest; None when malformed."""
-    brace = text.startswith("{")
-    body = text[1:] if brace else text
-    i = 0
-    while i < len(body) and (body[i].isalpha() or body[i].isdecimal() or body[i] == "_"):
-        i += 1
-    if i == 0:
-        return None
-    name = body[:i]
-    if brace:
-        if i >= len(body) or body[i] != "}":
-            return None
-        i += 1
-    num = -1
-    if name.isascii() and name.isdigit() and not (name[0] == "0" and len(name) > 1):
-        num = int(name) if len(name) <= 9 else -1  # Go gives up past 1e8
-    return name, num, body[i:]
 
 
 # ---------------------------------------------------------------------------

@@ -1114,7 +1114,7 @@ def simplify_regex(source: str, *, is_label: bool) -> Simple | None:
     """What Loki's ``RegexSimplifier`` makes of `source`, or None when it keeps a
     regexp. Raises GoRegexError for an invalid regex."""
     node, _ = go_regex.parse(source)
-    return _simplify(go_regex._go_shape(node), is_label)
+    return _simplify(go_regex.go_shape(node), is_label)
 
 
 def _uncap(n: Node) -> Node:

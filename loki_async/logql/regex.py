@@ -674,15 +674,15 @@ def _single_rune(n: Node) -> Node | None:
     return None
 
 
-def _go_shape(n: Node) -> Node:
+def go_shape(n: Node) -> Node:
     """Approximate the tree Go's parser and ``Simplify`` produce: merged literal runs,
     single-character classes as literals, factored alternations, trivial repeats."""
     if n.op == "class":
         return _single_rune(n) or n
     if n.op == "cap":
-        return Node("cap", n.flags, subs=[_go_shape(n.subs[0])], name=n.name)
+        return Node("cap", n.flags, subs=[go_shape(n.subs[0])], name=n.name)
     if n.op == "rep":
-        sub = _go_shape(n.subs[0])
+        sub = go_shape(n.subs[0])
         if sub.op == "empty" or n.max == 0:
             return Node("empty", n.flags)
         if (n.min, n.max) == (1, 1):
@@ -690,12 +690,12 @@ def _go_shape(n: Node) -> Node:
         return Node("rep", n.flags, subs=[sub], min=n.min, max=n.max, greedy=n.greedy)
     if n.op == "cat":
         flat: list[Node] = []
-        for sub in (_go_shape(s) for s in n.subs):
+        for sub in (go_shape(s) for s in n.subs):
             flat.extend(sub.subs if sub.op == "cat" else [sub])
         return _concat(_merge_literals(flat), n.flags)
     if n.op == "alt":
         subs: list[Node] = []
-        for sub in (_go_shape(s) for s in n.subs):
+        for sub in (go_shape(s) for s in n.subs):
             subs.extend(sub.subs if sub.op == "alt" else [sub])
         return _factor(subs, n.flags)
     return n
@@ -827,6 +827,58 @@ def simplifies_to_literal_filters(source: str) -> bool:
     """
     try:
         node, _ = parse(source)
-        return _simplifies(_go_shape(node))
+        return _simplifies(go_shape(node))
     except (GoRegexError, RecursionError):
         return True
+
+
+# Replacement templates (regexReplaceAll, label_replace)
+
+
+def _extract(template: str) -> tuple[str, int, str] | None:
+    """A ``name``, ``{name}`` or group number after a ``$`` (Go's ``extract``)."""
+    brace = template[:1] == "{"
+    s = template[1:] if brace else template
+    i = 0
+    while i < len(s) and (s[i].isalpha() or s[i].isdecimal() or s[i] == "_"):
+        i += 1
+    if i == 0:
+        return None
+    name = s[:i]
+    if brace:
+        if s[i : i + 1] != "}":
+            return None
+        i += 1
+    num = int(name) if name.isascii() and name.isdigit() and len(name) <= 8 else -1
+    if name[0] == "0" and len(name) > 1:
+        num = -1
+    return name, num, s[i:]
+
+
+def expand(template: str, m: re.Match[str], names: tuple[str, ...]) -> str:
+    """Go's ``Regexp.Expand`` of `template` for match `m` of a :class:`GoRegex` whose
+    `group_names` are `names`: ``$1``, ``${1}``, ``$name``, ``${name}``, ``$$``; an
+    unknown group expands to nothing, a malformed ``$`` stays as it is."""
+    out = []
+    while (i := template.find("$")) >= 0:
+        out.append(template[:i])
+        template = template[i + 1 :]
+        if template[:1] == "$":
+            out.append("$")
+            template = template[1:]
+            continue
+        found = _extract(template)
+        if found is None:
+            out.append("$")
+            continue
+        name, num, template = found
+        if num >= 0:
+            if num <= len(names) and m.group(num) is not None:
+                out.append(m.group(num))
+        else:
+            for index, group_name in enumerate(names, 1):
+                if group_name == name and m.group(index) is not None:
+                    out.append(m.group(index))
+                    break
+    out.append(template)
+    return "".join(out)

@@ -72,7 +72,7 @@ from loki_async.logql.literals import (
     underscore_ok,
     unquote,
 )
-from loki_async.logql.regex import GoRegexError, compile_go
+from loki_async.logql.regex import GoRegexError, compile_go, expand
 
 _MAX_DEPTH = 40  # nested {{template}} calls
 _MAX_OUTPUT = 1 << 24  # characters one function may produce
@@ -3587,56 +3587,9 @@ def _replace_all(pattern: re.Pattern[str], src: str, repl: Callable[[re.Match[st
     return "".join(out)
 
 
-def _extract(template: str) -> tuple[str, int, str] | None:
-    """A ``name``, ``{name}`` or group number after a ``$`` (Go's ``extract``)."""
-    brace = template[:1] == "{"
-    s = template[1:] if brace else template
-    i = 0
-    while i < len(s) and (s[i].isalpha() or s[i].isdecimal() or s[i] == "_"):
-        i += 1
-    if i == 0:
-        return None
-    name = s[:i]
-    if brace:
-        if s[i : i + 1] != "}":
-            return None
-        i += 1
-    num = int(name) if name.isascii() and name.isdigit() and len(name) <= 8 else -1
-    if name[0] == "0" and len(name) > 1:
-        num = -1
-    return name, num, s[i:]
-
-
-def _expand(template: str, m: re.Match[str], names: tuple[str, ...]) -> str:
-    """Go's ``Regexp.Expand``: ``$1``, ``${1}``, ``$name``, ``${name}``, ``$$``."""
-    out = []
-    while (i := template.find("$")) >= 0:
-        out.append(template[:i])
-        template = template[i + 1 :]
-        if template[:1] == "$":
-            out.append("$")
-            template = template[1:]
-            continue
-        found = _extract(template)
-        if found is None:
-            out.append("$")
-            continue
-        name, num, template = found
-        if num >= 0:
-            if num <= len(names) and m.group(num) is not None:
-                out.append(m.group(num))
-        else:
-            for index, group_name in enumerate(names, 1):
-                if group_name == name and m.group(index) is not None:
-                    out.append(m.group(index))
-                    break
-    out.append(template)
-    return "".join(out)
-
-
 def _regex_replace_all(pattern: str, src: str, repl: str) -> str:
     rx = _regex(pattern)
-    return _replace_all(rx.pattern, src, lambda m: _expand(repl, m, rx.group_names))
+    return _replace_all(rx.pattern, src, lambda m: expand(repl, m, rx.group_names))
 
 
 def _regex_replace_all_literal(pattern: str, src: str, repl: str) -> str:

@@ -171,7 +171,9 @@ def encode_streams(
         for s in streams:
             values = [[str(ts), line.decode("utf-8", "replace")] for ts, line in s.entries]
             returned += len(values)
-            out.append({"stream": _all_labels(s.labels), "values": values})
+            # All labels as a dict, not re-parsed from the key: parsed labels may have
+            # empty values (or names).
+            out.append({"stream": s.labels.labels, "values": values})
         return out, returned
     grouped: dict[str, tuple[dict[str, str], list[tuple[int, list[Any]]]]] = {}
     for s in streams:
@@ -193,13 +195,6 @@ def encode_streams(
         returned += len(entries)
         out.append({"stream": labels, "values": [v for _, v in entries]})
     return out, returned
-
-
-def _all_labels(ll: Any) -> dict[str, str]:
-    if not ll.structured_metadata and not ll.parsed:
-        return ll.stream
-    # Not re-parsed from the key: parsed labels may have empty values (or names).
-    return {**ll.stream, **ll.structured_metadata, **ll.parsed}
 
 
 def _selector_param(params: Any) -> str:

@@ -31,7 +31,7 @@ from .labels import label_map
 from .logql import parse_log_selector
 from .logql.ast import Expr, LogSelectorExpr, Matcher, RangeAggregationExpr
 from .logql.engine import SampleSeries
-from .logql.pipeline import compile_pipeline, compile_sample_extractor
+from .logql.pipeline import LineLabels, compile_pipeline, compile_sample_extractor
 from .ring import Ring
 from .store import Store
 
@@ -63,19 +63,9 @@ class QueryStats:
                 setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
-@dataclass(frozen=True, slots=True)
-class StreamLabels:
-    """Output labels of a line that went through no label-changing stage."""
-
-    key: str
-    stream: dict[str, str]
-    structured_metadata: dict[str, str]
-    parsed: dict[str, str]
-
-
 @dataclass(slots=True)
 class StreamResult:
-    labels: Any  # StreamLabels or the pipeline's LineLabels (same attributes)
+    labels: LineLabels
     entries: list[tuple[int, bytes]]  # (ts ns, line), in the query's direction
 
 
@@ -192,7 +182,7 @@ class Querier:
         out: dict[str, StreamResult] = {}
         for labels, blocks in streams.items():
             sp = pipeline.for_stream(labels)
-            plain = _plain_labels(labels)
+            plain = sp.base_labels
             taken = 0
             for b in reversed(blocks) if backward else blocks:
                 if taken >= limit:
@@ -359,18 +349,6 @@ class Querier:
 def _match(matchers: Iterable[Matcher], labels: str) -> bool:
     d = label_map(labels)
     return all(m.matches(d.get(m.name, "")) for m in matchers)
-
-
-_PLAIN: dict[str, StreamLabels] = {}
-
-
-def _plain_labels(labels: str) -> StreamLabels:
-    s = _PLAIN.get(labels)
-    if s is None:
-        if len(_PLAIN) > 1 << 16:
-            _PLAIN.clear()
-        s = _PLAIN[labels] = StreamLabels(labels, dict(label_map(labels)), {}, {})
-    return s
 
 
 def _dedupe(blocks: list[Block]) -> list[Block]:

@@ -24,19 +24,23 @@ from . import __version__, metrics
 from .config import Config, parse_duration
 from .distributor import Distributor
 from .errors import BadRequest, LokiError, Unauthorized, Unavailable, http_status
-from .frontend import Frontend, QueryRequest
+from .frontend import Frontend, QueryRequest, QueryResult, SplitResults
 from .labels import label_map
 from .logproto import decode_push, format_labels
 from .logql import ParseError, parse_expr, parse_log_selector
 from .logql.ast import Expr, LogSelectorExpr
-from .logql.engine import to_json
+from .logql.engine import Matrix, Vector, to_json
 from .logql.pretty import prettify
 from .querier import BACKWARD, FORWARD, Querier, QueryStats, StreamResult
+from .tickets import Execution, Ticket, Tickets, merge_done, status_json
 
 log = logging.getLogger(__name__)
 
 HEADER_TENANT = "X-Scope-OrgID"
 HEADER_ENCODING_FLAGS = "X-Loki-Response-Encoding-Flags"
+HEADER_IDEMPOTENCY_KEY = "Idempotency-Key"
+HEADER_TICKET = "X-Loki-Ticket"
+TICKETS_PATH = "/loki/api/v1/tickets"
 MAX_POINTS = 11_000
 ERR_INSTANT_LOG_QUERY = (
     "log queries are not supported as an instant query type, please change your query to "
@@ -150,6 +154,36 @@ def _step_param(params: Any, name: str, default: int) -> int:
     return max(ns, 0)
 
 
+def _duration_param(params: Any, name: str, cap_s: float) -> float:
+    """A duration parameter in seconds (0 when absent), at most ``cap_s``."""
+    raw = params.get(name)
+    if raw is None or raw == "":
+        return 0.0
+    try:
+        value = parse_duration(raw)
+    except ValueError:
+        value = -1.0
+    if value < 0 or math.isnan(value):
+        raise BadRequest(
+            f'invalid {name} "{raw}": use a non-negative duration such as 500ms, 10s or 1m'
+        )
+    return min(value, cap_s)
+
+
+def _keep_alive_param(params: Any) -> float | None:
+    """``keep_alive`` in seconds, None when absent (the tickets apply their cap)."""
+    raw = params.get("keep_alive")
+    if raw is None or raw == "":
+        return None
+    try:
+        value = parse_duration(raw)
+    except ValueError:
+        value = 0.0
+    if value <= 0 or math.isnan(value):
+        raise BadRequest(f'invalid keep_alive "{raw}": use a positive duration such as 1h or 7d')
+    return value
+
+
 def default_step_ns(start: int, end: int) -> int:
     """Loki's default step: the range / 250, in whole seconds, at least 1s."""
     return max((end - start) // (250 * 10**9), 1) * 10**9
@@ -234,6 +268,8 @@ class API:
         self.querier: Querier | None = None
         self.frontend: Frontend | None = None
         self.ingester: Any = None
+        self.tickets: Tickets | None = None
+        self.split_results: SplitResults | None = None
         self.ready = ready
 
     def tenant(self, request: web.Request) -> str:
@@ -277,6 +313,12 @@ class API:
                 r.add_get(path, handler)
                 r.add_post(path, handler)
             r.add_get("/loki/api/v1/tail", self.handle_tail)
+            r.add_get(TICKETS_PATH, self.handle_tickets)
+            r.add_get(TICKETS_PATH + "/{id}", self.handle_ticket)
+            r.add_delete(TICKETS_PATH + "/{id}", self.handle_ticket_delete)
+            r.add_get(TICKETS_PATH + "/{id}/status", self.handle_ticket_status)
+            r.add_get(TICKETS_PATH + "/{id}/partial", self.handle_ticket_partial)
+            r.add_post(TICKETS_PATH + "/{id}/stop", self.handle_ticket_stop)
         return app
 
     @web.middleware
@@ -397,8 +439,9 @@ class API:
             limit=_limit_param(params),
             direction=_direction_param(params),
             no_cache=_no_cache(request),
+            categorize=_categorize(request),
         )
-        return await self._answer(request, req)
+        return await self._answer(request, req, params)
 
     async def handle_query(self, request: web.Request) -> web.Response:
         """Instant query at ``time`` (default now)."""
@@ -418,27 +461,114 @@ class API:
             direction=_direction_param(params),
             no_cache=_no_cache(request),
             instant=True,
+            categorize=_categorize(request),
         )
-        return await self._answer(request, req)
+        return await self._answer(request, req, params)
 
-    async def _answer(self, request: web.Request, req: QueryRequest) -> web.Response:
+    async def _answer(self, request: web.Request, req: QueryRequest, params: Any) -> web.Response:
+        if params.get("async", "").lower() in ("true", "1"):
+            return await self._submit(request, req, params)
         res = await self._frontend().run(req)
-        flags = request.headers.get(HEADER_ENCODING_FLAGS, "")
-        categorize = "categorize-labels" in [f.strip() for f in flags.split(",")]
-        data: dict[str, Any]
-        if res.streams is not None:
-            result, returned = encode_streams(
-                res.streams, categorize=categorize, backward=req.direction == BACKWARD
-            )
-            data = {"resultType": "streams"}
-            if categorize:
-                data["encodingFlags"] = ["categorize-labels"]
-            data["result"] = result
+        return _json(query_response(req, res))
+
+    # ------------------------------------------------------------------ async queries
+
+    def _tickets(self) -> Tickets:
+        if self.tickets is None:
+            raise Unavailable("query-frontend is starting")
+        return self.tickets
+
+    async def _submit(self, request: web.Request, req: QueryRequest, params: Any) -> web.Response:
+        """``async=true``: validate, then a ticket (202), or the result if ``wait`` allows."""
+        tickets = self._tickets()
+        self._frontend().validate(req)
+        wait_s = _duration_param(params, "wait", self.cfg.frontend.async_max_wait_s)
+        keep_s = _keep_alive_param(params)
+        t, x = await tickets.submit(
+            req, keep_s, request.headers.get(HEADER_IDEMPOTENCY_KEY, "").strip()
+        )
+        if wait_s > 0:
+            t, x = await tickets.wait(req.tenant, t.id, wait_s)
+        if not x.is_running:
+            return await self._result(t, x)
+        url = f"{TICKETS_PATH}/{t.id}"
+        body = {
+            "status": "accepted",
+            "data": {
+                "ticket": t.id,
+                "state": x.state,
+                "result_url": url,
+                "status_url": url + "/status",
+                "expires": status_json(t, x)["expires"],
+            },
+        }
+        resp = _json(body, status=202)
+        resp.headers["Location"] = url
+        return resp
+
+    async def _result(self, t: Ticket, x: Execution) -> web.Response:
+        """The stored result, or the query's error with its own status."""
+        try:
+            body = await self._tickets().result(x)
+        except LokiError as e:
+            status, message = http_status(e)
+            return web.Response(status=status, text=message + "\n", headers={HEADER_TICKET: t.id})
+        return web.Response(
+            body=body, content_type="application/json", headers={HEADER_TICKET: t.id}
+        )
+
+    async def handle_ticket(self, request: web.Request) -> web.Response:
+        """204 while running, 200 and the result when done, the error's status if failed."""
+        tenant = self.tenant(request)
+        params, _ = await self._params(request)
+        wait_s = _duration_param(params, "wait", self.cfg.frontend.async_max_wait_s)
+        t, x = await self._tickets().wait(
+            tenant, request.match_info["id"], wait_s, _keep_alive_param(params)
+        )
+        if x.is_running:
+            return web.Response(status=204, headers={HEADER_TICKET: t.id})
+        return await self._result(t, x)
+
+    async def handle_ticket_status(self, request: web.Request) -> web.Response:
+        tenant = self.tenant(request)
+        t, x = await self._tickets().resolve(tenant, request.match_info["id"])
+        return _json({"status": "success", "data": status_json(t, x)})
+
+    async def handle_ticket_partial(self, request: web.Request) -> web.Response:
+        """The merge of the splits finished so far (the final result once done)."""
+        tenant = self.tenant(request)
+        tickets = self._tickets()
+        t, x = await tickets.resolve(tenant, request.match_info["id"])
+        if not x.is_running:
+            return await self._result(t, x)
+        assert self.split_results is not None, "BUG: tickets without split results"
+        req = QueryRequest.from_wire(x.request)
+        value = await merge_done(req, self._frontend().planner, self.split_results, x)
+        stats = QueryStats.from_wire(x.stats)
+        if req.is_log:
+            res = QueryResult(streams=value or [], stats=stats)
         else:
-            data = to_json(res.value)
-            returned = len(data["result"]) if data["resultType"] != "scalar" else 1
-        data["stats"] = _stats(res.stats, returned)
-        return _json({"status": "success", "data": data})
+            empty = Vector([]) if req.instant else Matrix([])
+            res = QueryResult(value=empty if value is None else value, stats=stats)
+        doc = query_response(req, res, exec_s=(time.time_ns() - x.started_ns) / 1e9)
+        doc["is_partial"] = True
+        return _json(doc, status=200)
+
+    async def handle_ticket_stop(self, request: web.Request) -> web.Response:
+        tenant = self.tenant(request)
+        t, x = await self._tickets().stop(tenant, request.match_info["id"])
+        return _json({"status": "success", "data": status_json(t, x)})
+
+    async def handle_ticket_delete(self, request: web.Request) -> web.Response:
+        tenant = self.tenant(request)
+        ticket_id = request.match_info["id"]
+        await self._tickets().delete(tenant, ticket_id)
+        return _json({"status": "success", "data": {"ticket": ticket_id, "deleted": True}})
+
+    async def handle_tickets(self, request: web.Request) -> web.Response:
+        tenant = self.tenant(request)
+        listed = await self._tickets().list(tenant)
+        return _json({"status": "success", "data": [status_json(t, x) for t, x in listed]})
 
     async def handle_format_query(self, request: web.Request) -> web.Response:
         params, _ = await self._params(request)
@@ -625,13 +755,39 @@ class API:
         return self.querier
 
 
+def _categorize(request: web.Request) -> bool:
+    flags = request.headers.get(HEADER_ENCODING_FLAGS, "")
+    return "categorize-labels" in [f.strip() for f in flags.split(",")]
+
+
+def query_response(
+    req: QueryRequest, res: QueryResult, *, exec_s: float | None = None, queue_s: float = 0.0
+) -> dict[str, Any]:
+    """Loki's response document for a query result (sync answers and async results)."""
+    data: dict[str, Any]
+    if res.streams is not None:
+        result, returned = encode_streams(
+            res.streams, categorize=req.categorize, backward=req.direction == BACKWARD
+        )
+        data = {"resultType": "streams"}
+        if req.categorize:
+            data["encodingFlags"] = ["categorize-labels"]
+        data["result"] = result
+    else:
+        data = to_json(res.value)
+        returned = len(data["result"]) if data["resultType"] != "scalar" else 1
+    if exec_s is None:
+        exec_s = time.perf_counter() - res.stats.started
+    data["stats"] = _stats(res.stats, returned, exec_s, queue_s)
+    return {"status": "success", "data": data}
+
+
 def _json(obj: Any, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(obj), status=status, content_type="application/json")
 
 
-def _stats(s: QueryStats, returned: int) -> dict[str, Any]:
+def _stats(s: QueryStats, returned: int, exec_s: float, queue_s: float) -> dict[str, Any]:
     """Loki's ``stats`` block, with the figures this query really has; the rest are 0."""
-    exec_s = time.perf_counter() - s.started
     lines = s.ingester_lines + s.store_lines
     nbytes = s.ingester_bytes + s.store_bytes
 
@@ -677,7 +833,7 @@ def _stats(s: QueryStats, returned: int) -> dict[str, Any]:
             "totalBytesProcessed": nbytes,
             "totalLinesProcessed": lines,
             "execTime": exec_s,
-            "queueTime": 0,
+            "queueTime": queue_s,
             "subqueries": 0,
             "totalEntriesReturned": returned,
             "splits": s.splits,

@@ -46,6 +46,25 @@ INGESTER_FLUSH = "loki.ingester.{id}.flush"
 
 RING_BUCKET = "ring"
 
+# Asynchronous queries (see tickets.py and worker.py).
+QUERIES_STREAM = "QUERIES"  # work queue: one message per execution, Nats-Msg-Id = its id
+QUERIES_SUBJECT = "loki.queries.{tenant}"
+SPLITS_STREAM = "SPLITS"  # work queue: one message per split, Nats-Msg-Id = "<id>:<split>"
+SPLITS_SUBJECT = "loki.splits.{tenant}"
+WORKERS_CONSUMER = "querier-workers"  # the durable pull consumer on both streams
+TICKETS_BUCKET = "tickets"  # KV: tickets, executions, idempotency and coalescing keys
+RESULTS_BUCKET = "results"  # object store: final results (zstd)
+SPLIT_CACHE_BUCKET = "split-cache"  # KV: split results, shared by sync and async paths
+EXEC_SPLIT_DONE = "loki.exec.{id}.done"  # core NATS: an executor tells the coordinator
+EXEC_CONTROL = "loki.exec.{id}.control"  # core NATS: stop/cancel to every worker
+EXEC_CONTROL_ALL = "loki.exec.*.control"
+MAX_DELIVERIES_ADVISORY = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.{consumer}"
+HEADER_MSG_ID = "Nats-Msg-Id"
+DUPLICATE_WINDOW_S = 120.0
+# Largest value put in a KV bucket; bigger split results go to the chunk object store.
+# Below the 1 MiB max_payload default, so an external server with defaults works too.
+KV_VALUE_MAX_BYTES = 900 << 10
+
 HEADER_PART = "Loki-Part"  # "<n>" on streamed reply parts, "end" on the last one
 
 # A streamed reply part stays well below the default 1 MiB max_payload.
@@ -279,3 +298,145 @@ async def request_stream(nc: NATSClient, subject: str, payload: Any, timeout: fl
     finally:
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
+
+
+# --------------------------------------------------------------------------- JetStream
+
+
+def key_token(text: str) -> str:
+    """``text`` as one KV key / subject token: ``[A-Za-z0-9_-]`` kept, anything else
+    (dots, spaces, unicode) written ``=XX`` per UTF-8 byte, so distinct texts stay distinct."""
+    out = []
+    for b in text.encode():
+        c = chr(b)
+        out.append(c if c.isascii() and (c.isalnum() or c in "_-") else f"={b:02X}")
+    return "".join(out)
+
+
+async def js_retry(call: Callable[[], Awaitable[Any]], what: str, deadline_s: float = 30.0) -> Any:
+    """Run a JetStream call, retrying through a reconnect or a leader election (the
+    server answers nothing, or 503, for a few seconds) until ``deadline_s``."""
+    from nats.errors import ConnectionClosedError
+    from nats.js.errors import ServerError, ServiceUnavailableError
+
+    deadline = time.monotonic() + deadline_s
+    delay = 0.05
+    while True:
+        try:
+            return await call()
+        except ConnectionClosedError:
+            raise errors.Unavailable(f"{what}: NATS connection closed") from None
+        except (
+            NATSTimeoutError,
+            NoRespondersError,
+            ServiceUnavailableError,
+            ServerError,
+            TimeoutError,
+        ) as e:
+            err: Exception = e
+        if time.monotonic() + delay > deadline:
+            raise errors.Unavailable(f"{what}: JetStream unavailable: {err!r}") from None
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 1.0)
+
+
+async def ensure_resources(
+    js: Any,
+    *,
+    replicas: int,
+    max_keep_alive_s: float,
+    split_cache_ttl_s: float,
+) -> dict[str, Any]:
+    """Create (or update to these settings) the async-query streams and buckets; return
+    ``{"tickets": KeyValue, "split_cache": KeyValue, "results": ObjectStore}``.
+    Idempotent: every process calls it at start."""
+    from nats.js.api import (
+        DiscardPolicy,
+        KeyValueConfig,
+        ObjectStoreConfig,
+        RetentionPolicy,
+        StorageType,
+        StreamConfig,
+    )
+    from nats.js.errors import BadRequestError
+
+    async def stream(cfg: StreamConfig) -> None:
+        try:
+            await js.add_stream(cfg)
+        except BadRequestError:  # exists with other settings: bring it to ours
+            await js.update_stream(cfg)
+
+    # Queued work outlives no ticket: after the longest keep-alive nobody can fetch it.
+    for name, subject in ((QUERIES_STREAM, QUERIES_SUBJECT), (SPLITS_STREAM, SPLITS_SUBJECT)):
+        await js_retry(
+            lambda name=name, subject=subject: stream(
+                StreamConfig(
+                    name=name,
+                    subjects=[subject.format(tenant="*")],
+                    retention=RetentionPolicy.WORK_QUEUE,
+                    storage=StorageType.FILE,
+                    num_replicas=replicas,
+                    duplicate_window=DUPLICATE_WINDOW_S,
+                    max_age=max_keep_alive_s,
+                    max_msg_size=1 << 20,
+                    discard=DiscardPolicy.OLD,
+                )
+            ),
+            f"create stream {name}",
+        )
+    # Records outlive their keep-alive by a day; readers check expiry themselves.
+    record_ttl = max_keep_alive_s + 86400
+
+    async def bucket(create: Awaitable[Any], bind: Callable[[], Awaitable[Any]]) -> Any:
+        # A bucket created earlier with other settings (e.g. a changed TTL) is used as
+        # it is: its settings are the operator's to migrate.
+        try:
+            return await create
+        except BadRequestError:
+            log.warning("using existing JetStream bucket with different settings")
+            return await bind()
+
+    tickets = await js_retry(
+        lambda: bucket(
+            js.create_key_value(
+                KeyValueConfig(
+                    bucket=TICKETS_BUCKET,
+                    history=1,
+                    ttl=record_ttl,
+                    storage=StorageType.FILE,
+                    replicas=replicas,
+                )
+            ),
+            lambda: js.key_value(TICKETS_BUCKET),
+        ),
+        f"create bucket {TICKETS_BUCKET}",
+    )
+    split_cache = await js_retry(
+        lambda: bucket(
+            js.create_key_value(
+                KeyValueConfig(
+                    bucket=SPLIT_CACHE_BUCKET,
+                    history=1,
+                    ttl=split_cache_ttl_s,
+                    storage=StorageType.FILE,
+                    replicas=replicas,
+                    max_value_size=1 << 20,
+                )
+            ),
+            lambda: js.key_value(SPLIT_CACHE_BUCKET),
+        ),
+        f"create bucket {SPLIT_CACHE_BUCKET}",
+    )
+    results = await js_retry(
+        lambda: bucket(
+            js.create_object_store(
+                RESULTS_BUCKET,
+                config=ObjectStoreConfig(
+                    ttl=record_ttl, storage=StorageType.FILE, replicas=replicas
+                ),
+            ),
+            lambda: js.object_store(RESULTS_BUCKET),
+        ),
+        f"create object store {RESULTS_BUCKET}",
+    )
+    return {"tickets": tickets, "split_cache": split_cache, "results": results}

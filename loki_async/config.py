@@ -189,6 +189,93 @@ class QueryRangeConfig:
 
 
 @dataclass(frozen=True)
+class FrontendConfig:
+    """Asynchronous queries as the query-frontend accepts them."""
+
+    async_default_keep_alive_s: float = field(
+        default=86400.0,
+        metadata=opt(
+            "-frontend.async-default-keep-alive",
+            key="async_default_keep_alive",
+            kind="duration",
+            help="how long an async result stays when keep_alive= is not given",
+        ),
+    )
+    async_max_keep_alive_s: float = field(
+        default=7 * 86400.0,
+        metadata=opt(
+            "-frontend.async-max-keep-alive",
+            key="async_max_keep_alive",
+            kind="duration",
+            help="the largest keep_alive= a client may ask for",
+        ),
+    )
+    async_max_wait_s: float = field(
+        default=300.0,
+        metadata=opt(
+            "-frontend.async-max-wait",
+            key="async_max_wait",
+            kind="duration",
+            help="the largest wait= (long-poll) a client may ask for",
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class QuerierWorkerConfig:
+    """Querier workers: consumers of the QUERIES and SPLITS streams."""
+
+    concurrency: int = field(
+        default=2,
+        metadata=opt(
+            "-querier-worker.concurrency",
+            help="splits executed at once per process (0: this process runs no workers)",
+        ),
+    )
+    max_concurrent_queries: int = field(
+        default=16,
+        metadata=opt(
+            "-querier-worker.max-concurrent-queries",
+            help="async queries one process coordinates at once",
+        ),
+    )
+    max_deliver: int = field(
+        default=5,
+        metadata=opt(
+            "-querier-worker.max-deliver",
+            help="deliveries of a query or split before its ticket fails",
+        ),
+    )
+    ack_wait_s: float = field(
+        default=30.0,
+        metadata=opt(
+            "-querier-worker.ack-wait",
+            key="ack_wait",
+            kind="duration",
+            help="a message not acknowledged (nor kept in progress) for this long is redelivered",
+        ),
+    )
+    retry_delay_s: float = field(
+        default=1.0,
+        metadata=opt(
+            "-querier-worker.retry-delay",
+            key="retry_delay",
+            kind="duration",
+            help="delay before a split that failed with a retryable error runs again",
+        ),
+    )
+    split_cache_ttl_s: float = field(
+        default=86400.0,
+        metadata=opt(
+            "-querier-worker.split-cache-ttl",
+            key="split_cache_ttl",
+            kind="duration",
+            help="how long split results stay in the split-cache bucket",
+        ),
+    )
+
+
+@dataclass(frozen=True)
 class FilesystemStorageConfig:
     directory: str = field(
         default="", metadata=opt("-local.chunk-directory", help="default: <path_prefix>/chunks")
@@ -307,6 +394,12 @@ class NATSConfig:
     request_timeout_s: float = field(
         default=10.0, metadata=opt("-nats.request-timeout", key="request_timeout", kind="duration")
     )
+    replicas: int = field(
+        default=1,
+        metadata=opt(
+            "-nats.replicas", help="replicas of every stream and bucket (3 on a 3-node cluster)"
+        ),
+    )
     embedded: EmbeddedNATSConfig = field(default_factory=EmbeddedNATSConfig)
 
 
@@ -319,6 +412,8 @@ class Config:
     ingester: IngesterConfig = field(default_factory=IngesterConfig)
     querier: QuerierConfig = field(default_factory=QuerierConfig)
     query_range: QueryRangeConfig = field(default_factory=QueryRangeConfig)
+    frontend: FrontendConfig = field(default_factory=FrontendConfig)
+    querier_worker: QuerierWorkerConfig = field(default_factory=QuerierWorkerConfig)
     storage_config: StorageConfig = field(default_factory=StorageConfig)
     limits_config: LimitsConfig = field(default_factory=LimitsConfig)
     nats: NATSConfig = field(default_factory=NATSConfig)
@@ -564,6 +659,18 @@ def _validate(cfg: Config) -> list[str]:
         errs.append("server.log_format: must be logfmt or json")
     if cfg.ingester.chunk_block_size <= 0 or cfg.ingester.chunk_target_size <= 0:
         errs.append("ingester: chunk_block_size and chunk_target_size must be positive")
+    if cfg.nats.replicas not in (1, 3, 5):
+        errs.append("nats.replicas: must be 1, 3 or 5")
+    qw = cfg.querier_worker
+    if qw.concurrency < 0 or qw.max_concurrent_queries < 1:
+        errs.append("querier_worker: concurrency must be >= 0 and max_concurrent_queries >= 1")
+    if qw.max_deliver < 1 or qw.ack_wait_s < 1:
+        errs.append("querier_worker: max_deliver must be >= 1 and ack_wait >= 1s")
+    fe = cfg.frontend
+    if not 0 < fe.async_default_keep_alive_s <= fe.async_max_keep_alive_s:
+        errs.append(
+            "frontend: async_default_keep_alive must be positive and at most async_max_keep_alive"
+        )
     if not 1 <= cfg.ingester.zstd_level <= 19:
         errs.append("ingester.zstd_level: must be between 1 and 19")
     return errs

@@ -20,13 +20,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import time
+from array import array
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import msgpack
+import zstandard
+
+from . import bus
 from .config import Config, format_duration
-from .errors import BadRequest, QueryTimeout
+from .errors import BadRequest, CorruptDataError, QueryTimeout
+from .logql import parse_expr
 from .logql.ast import (
     Expr,
     LogSelectorExpr,
@@ -34,7 +41,18 @@ from .logql.ast import (
     SampleExpr,
     walk,
 )
-from .logql.engine import ERR_SERIES_LIMIT, evaluate, merge_matrices
+from .logql.engine import (
+    ERR_SERIES_LIMIT,
+    Matrix,
+    Sample,
+    Scalar,
+    Series,
+    Vector,
+    evaluate,
+    merge_matrices,
+)
+from .logql.pipeline import LineLabels
+from .objstore import ObjectClient
 from .querier import BACKWARD, Querier, QueryStats, StreamResult, _limit
 
 NS = 10**9
@@ -55,10 +73,40 @@ class QueryRequest:
     direction: str = BACKWARD
     no_cache: bool = False  # Cache-Control: no-cache: neither read nor fill the results cache
     instant: bool = False  # /query: one evaluation at `end`
+    categorize: bool = False  # answer with the categorize-labels encoding
 
     @property
     def is_log(self) -> bool:
         return isinstance(self.expr, LogSelectorExpr)
+
+    def to_wire(self) -> dict[str, Any]:
+        """Everything but the parsed expression, for JetStream messages and tickets."""
+        d = asdict(self)
+        del d["expr"]
+        return d
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> QueryRequest:
+        """Rebuild a request sent with :meth:`to_wire` (the query is parsed again)."""
+        names = cls.__dataclass_fields__.keys() - {"expr"}
+        return cls(expr=parse_expr(data["query"]), **{k: data[k] for k in names if k in data})
+
+    def fingerprint(self) -> str:
+        """Equal for requests that must give equal results (coalescing): the normalized
+        query and every parameter that shapes the result."""
+        key = (
+            str(self.expr),
+            self.start,
+            self.end,
+            self.step,
+            self.interval,
+            self.limit,
+            self.direction,
+            self.instant,
+            self.categorize,
+            self.no_cache,
+        )
+        return hashlib.sha256(msgpack.packb(key)).hexdigest()[:32]
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,20 +223,165 @@ class Planner:
         return merged
 
 
+# --------------------------------------------------------------------------- split results
+
+_ZSTD_MIN = 2048  # smaller encodings are stored as they are
+_RAW, _ZSTD = b"M", b"Z"
+
+
+def encode_split(value: Any) -> bytes:
+    """A split's result as bytes: log streams keep their entries as packed columns (a
+    timestamp array, a length array and one blob of lines); metric results their arrays."""
+    if isinstance(value, list):  # log streams
+        body: Any = [
+            "l",
+            [
+                [
+                    s.labels.stream,
+                    s.labels.structured_metadata,
+                    s.labels.parsed,
+                    array("q", [t for t, _ in s.entries]).tobytes(),
+                    array("I", [len(line) for _, line in s.entries]).tobytes(),
+                    b"".join(line for _, line in s.entries),
+                ]
+                for s in value
+            ],
+        ]
+    elif isinstance(value, Matrix):
+        body = [
+            "m",
+            [[list(x.metric), x.ts_ms.tobytes(), x.values.tobytes()] for x in value.series],
+        ]
+    elif isinstance(value, Vector):
+        body = ["v", [[list(x.metric), x.ts_ms, x.value] for x in value.samples]]
+    elif isinstance(value, Scalar):
+        body = ["s", value.ts_ms, value.value]
+    else:
+        raise AssertionError(f"BUG: cannot encode split result {type(value).__name__}")
+    raw = msgpack.packb(body, use_bin_type=True)
+    if len(raw) < _ZSTD_MIN:
+        return _RAW + raw
+    return _ZSTD + zstandard.ZstdCompressor(level=1).compress(raw)
+
+
+def decode_split(data: bytes) -> Any:
+    """The inverse of :func:`encode_split`."""
+    try:
+        raw = data[1:] if data[:1] == _RAW else zstandard.decompress(data[1:])
+        kind, *rest = msgpack.unpackb(raw, raw=False)
+    except (ValueError, zstandard.ZstdError, msgpack.UnpackException) as e:
+        raise CorruptDataError(f"unreadable split result: {e}") from None
+    if kind == "l":
+        out = []
+        for stream, sm, parsed, ts_b, lens_b, blob in rest[0]:
+            ts, lens = array("q"), array("I")
+            ts.frombytes(ts_b)
+            lens.frombytes(lens_b)
+            entries = []
+            pos = 0
+            for t, n in zip(ts, lens, strict=True):
+                entries.append((t, blob[pos : pos + n]))
+                pos += n
+            out.append(StreamResult(LineLabels(stream, sm, parsed), entries))
+        return out
+    if kind == "m":
+        series = []
+        for metric, ts_b, vals_b in rest[0]:
+            ts, vals = array("q"), array("d")
+            ts.frombytes(ts_b)
+            vals.frombytes(vals_b)
+            series.append(Series(tuple(tuple(p) for p in metric), ts, vals))
+        return Matrix(series)
+    if kind == "v":
+        return Vector([Sample(tuple(tuple(p) for p in m), t, v) for m, t, v in rest[0]])
+    if kind == "s":
+        return Scalar(rest[0], rest[1])
+    raise CorruptDataError(f"unreadable split result: unknown kind {kind!r}")
+
+
+def entry_count(value: Any) -> int:
+    """Entries in a log split's result (0 for metric results)."""
+    return sum(len(s.entries) for s in value) if isinstance(value, list) else 0
+
+
+class SplitResults:
+    """Split results by key in the split-cache KV bucket; values too big for a KV
+    message go to the chunk object store and the bucket keeps a pointer to them.
+
+    Keys: ``c.<tenant>.<hash>`` for results that can no longer change (shared by every
+    query that plans the same split), ``p.<tenant>.<execution>.<split>`` for the rest.
+    """
+
+    _POINTER = b"@"
+
+    def __init__(self, kv: Any, objects: ObjectClient | None) -> None:
+        self.kv = kv
+        self.objects = objects
+
+    async def put(self, key: str, data: bytes) -> None:
+        if len(data) > bus.KV_VALUE_MAX_BYTES and self.objects is not None:
+            name = "async-splits/" + key.replace(".", "/")
+            await self.objects.put(name, data)
+            data = self._POINTER + name.encode()
+        await bus.js_retry(lambda: self.kv.put(key, data), "store split result")
+
+    async def get(self, key: str) -> bytes | None:
+        """The bytes under ``key``, or None if there are none (never stored, expired)."""
+        from nats.js.errors import KeyNotFoundError
+
+        try:
+            entry = await bus.js_retry(lambda: self.kv.get(key), "read split result")
+        except KeyNotFoundError:
+            return None
+        data = entry.value or b""
+        if data[:1] == self._POINTER and self.objects is not None:
+            return await self.objects.get(data[1:].decode())
+        return data or None
+
+    async def delete(self, key: str) -> None:
+        from nats.js.errors import KeyNotFoundError
+
+        with contextlib.suppress(KeyNotFoundError):
+            await bus.js_retry(lambda: self.kv.purge(key), "delete split result")
+
+
+def cache_key(req: QueryRequest, split: Split) -> str:
+    """The split-cache key of a split whose result can no longer change."""
+    shape = (str(req.expr), split.start, split.end, req.step, req.interval, req.instant)
+    if req.is_log:
+        shape += (req.limit, req.direction)
+    digest = hashlib.sha256(msgpack.packb(shape)).hexdigest()[:40]
+    return f"c.{bus.key_token(req.tenant)}.{digest}"
+
+
+def private_key(tenant: str, execution: str, index: int) -> str:
+    """Where the result of split ``index`` of one execution is kept when not cacheable."""
+    return f"p.{bus.key_token(tenant)}.{execution}.{index}"
+
+
+def fresh_boundary(cfg: Config) -> int:
+    """Splits ending before this time (ns) hold data that can no longer change."""
+    return time.time_ns() - int(cfg.limits_config.max_cache_freshness_per_query_s * NS)
+
+
+def cacheable(req: QueryRequest, split: Split, fresh_until: int) -> bool:
+    return not req.no_cache and not req.instant and split.end < fresh_until
+
+
 class ResultsCache:
-    """In-memory LRU of metric split results that can no longer change."""
+    """In-process LRU of decoded split results, in front of the shared split cache."""
 
     def __init__(self, max_entries: int) -> None:
         self.max_entries = max_entries
-        self._items: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
+        self._items: OrderedDict[str, Any] = OrderedDict()
 
-    def get(self, key: tuple[Any, ...]) -> Any:
+    def get(self, key: str) -> Any:
         v = self._items.get(key)
         if v is not None:
             self._items.move_to_end(key)
         return v
 
-    def put(self, key: tuple[Any, ...], value: Any) -> None:
+    def put(self, key: str, value: Any) -> None:
         self._items[key] = value
         self._items.move_to_end(key)
         while len(self._items) > self.max_entries:
@@ -198,7 +391,9 @@ class ResultsCache:
 class Frontend:
     """The sync query path: limits, plan, concurrent split execution, merge, cache."""
 
-    def __init__(self, cfg: Config, querier: Querier) -> None:
+    def __init__(
+        self, cfg: Config, querier: Querier, split_results: SplitResults | None = None
+    ) -> None:
         self.cfg = cfg
         lim = cfg.limits_config
         self.planner = Planner(
@@ -206,6 +401,8 @@ class Frontend:
         )
         qr = cfg.query_range
         self.cache = ResultsCache(qr.results_cache_max_entries) if qr.cache_results else None
+        # The split cache shared with the workers (and other frontends) behind the LRU.
+        self.split_results = split_results if qr.cache_results else None
 
     def validate(self, req: QueryRequest) -> None:
         """Loki's query limits, with Loki's messages (400)."""
@@ -253,8 +450,8 @@ class Frontend:
         return max(self.cfg.limits_config.max_query_parallelism, 1)
 
     async def _run_log(self, req: QueryRequest, stats: QueryStats) -> list[Any]:
-        """Run splits in direction order, ``parallelism`` at a time; stop once the splits
-        finished in order hold ``limit`` entries (later splits cannot contribute)."""
+        """Run splits in direction order, up to ``parallelism`` at a time; stop once the
+        splits finished in order hold ``limit`` entries (later splits cannot contribute)."""
         splits = self.planner.plan(req)
         stats.splits += len(splits)
         results: list[Any] = [None] * len(splits)
@@ -262,9 +459,12 @@ class Frontend:
         nxt = 0
         done_prefix = 0
         have = 0
+        # Slow start: one split, then twice as many after each that did not fill the
+        # limit, so a limit met by the newest split reads nothing else.
+        width = 1
         try:
             while done_prefix < len(splits):
-                while nxt < len(splits) and len(tasks) < self._parallelism():
+                while nxt < len(splits) and len(tasks) < width:
                     tasks[nxt] = asyncio.ensure_future(
                         self.planner.execute(req, splits[nxt], stats)
                     )
@@ -274,6 +474,7 @@ class Frontend:
                 done_prefix += 1
                 if have >= req.limit:
                     break
+                width = min(width * 2, self._parallelism())
         finally:
             for t in tasks.values():
                 t.cancel()
@@ -286,29 +487,28 @@ class Frontend:
         splits = self.planner.plan(req)
         stats.splits += len(splits)
         sem = asyncio.Semaphore(self._parallelism())
-        fresh_until = time.time_ns() - int(
-            self.cfg.limits_config.max_cache_freshness_per_query_s * NS
-        )
-        norm = str(req.expr)
+        fresh_until = fresh_boundary(self.cfg)
 
         async def one(split: Split) -> Any:
-            key = (req.tenant, norm, split.start, split.end, req.step)
-            cacheable = (
-                self.cache is not None
-                and not req.no_cache
-                and not req.instant
-                and split.end < fresh_until
-            )
-            if cacheable:
+            key = None
+            if self.cache is not None and cacheable(req, split, fresh_until):
+                key = cache_key(req, split)
                 stats.cache_lookups += 1
                 hit = self.cache.get(key)
+                if hit is None and self.split_results is not None:
+                    data = await self.split_results.get(key)
+                    if data is not None:
+                        hit = decode_split(data)
+                        self.cache.put(key, hit)
                 if hit is not None:
                     stats.cache_hits += 1
                     return hit
             async with sem:
                 value = await self.planner.execute(req, split, stats)
-            if cacheable:
+            if key is not None and self.cache is not None:
                 self.cache.put(key, value)
+                if self.split_results is not None:
+                    await self.split_results.put(key, encode_split(value))
             return value
 
         return list(await asyncio.gather(*(one(s) for s in splits)))

@@ -45,3 +45,15 @@ REQUEST_DURATION = Histogram(
     ["method", "route", "status_code"],
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+
+ASYNC_QUERIES = Counter(
+    "loki_async_queries_total",
+    "Async query executions by the state they reached (running counts every start).",
+    ["state"],
+)
+WORKER_SPLITS = Counter(
+    "loki_async_worker_splits_total",
+    "Splits handled by querier workers: executed, cached, retried, failed, cancelled, "
+    "dropped (not run: their query was stopped, cancelled or had enough).",
+    ["outcome"],
+)

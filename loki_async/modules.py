@@ -8,12 +8,14 @@
 | ingester        | nats, store             | WAL, head blocks, chunk flush, in-memory reads |
 | distributor     | nats, ring              | push API: validate, rate-limit, replicate      |
 | querier         | nats, store, ring       | selects from ingesters and store               |
-| query-frontend  | querier                 | read API                                       |
+| query-frontend  | querier                 | read API, async tickets                        |
+| querier-worker  | querier                 | runs async queries from JetStream (workers/)   |
 | server          |                         | HTTP: /ready, /metrics, routes of the above    |
 
-Targets: ``all`` = distributor + ingester + query-frontend; ``read`` = query-frontend;
-``write`` = distributor + ingester; any module name runs that module alone (with its
-dependencies).
+Targets: ``all`` = distributor + ingester + query-frontend + querier-worker; ``read`` =
+query-frontend + querier-worker; ``write`` = distributor + ingester; any module name runs
+that module alone (with its dependencies). ``querier_worker.concurrency: 0`` leaves the
+worker out of ``all`` and ``read``.
 """
 
 from __future__ import annotations
@@ -30,13 +32,15 @@ from . import bus
 from .api import API
 from .config import Config
 from .distributor import Distributor, NATSIngesterClient
-from .frontend import Frontend
+from .frontend import Frontend, SplitResults
 from .ingester import Ingester
 from .objstore import FilesystemObjectClient, ObjectClient, S3ObjectClient
 from .querier import Querier
 from .ring import Lifecycler, Ring
 from .store import Store
+from .tickets import Tickets
 from .wal import WAL
+from .worker import QuerierWorker
 
 log = logging.getLogger(__name__)
 
@@ -48,20 +52,23 @@ MODULES: dict[str, list[str]] = {
     "distributor": ["nats", "ring"],
     "querier": ["nats", "store", "ring"],
     "query-frontend": ["querier"],
+    "querier-worker": ["querier"],
 }
 
 TARGETS: dict[str, list[str]] = {
-    "all": ["distributor", "ingester", "query-frontend"],
-    "read": ["query-frontend"],
+    "all": ["distributor", "ingester", "query-frontend", "querier-worker"],
+    "read": ["query-frontend", "querier-worker"],
     "write": ["distributor", "ingester"],
     "distributor": ["distributor"],
     "ingester": ["ingester"],
     "query-frontend": ["query-frontend"],
+    "querier-worker": ["querier-worker"],
 }
 
 
-def resolve(target: str) -> list[str]:
-    """The modules a target runs, dependencies first."""
+def resolve(target: str, *, workers: bool = True) -> list[str]:
+    """The modules a target runs, dependencies first; ``workers=False`` leaves the
+    querier worker out of composite targets."""
     order: list[str] = []
 
     def visit(m: str) -> None:
@@ -71,7 +78,8 @@ def resolve(target: str) -> list[str]:
             order.append(m)
 
     for m in TARGETS[target]:
-        visit(m)
+        if m != "querier-worker" or workers or target == m:
+            visit(m)
     return order
 
 
@@ -97,7 +105,7 @@ class App:
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
-        self.modules = resolve(cfg.target)
+        self.modules = resolve(cfg.target, workers=cfg.querier_worker.concurrency > 0)
         self.embedded: bus.EmbeddedNATS | None = None
         self.nc: Any = None
         self.objects: ObjectClient | None = None
@@ -105,6 +113,7 @@ class App:
         self.ingester: Ingester | None = None
         self.distributor: Distributor | None = None
         self.querier: Querier | None = None
+        self.worker: QuerierWorker | None = None
         self._runner: web.AppRunner | None = None
         self.port = cfg.server.http_listen_port
         self._started = False
@@ -115,6 +124,8 @@ class App:
             checks.append(self.ring.ready())
         if self.ingester is not None:
             checks.append(self.ingester.ready())
+        if self.worker is not None:
+            checks.append(self.worker.ready())
         return all(checks)
 
     async def start(self) -> None:
@@ -201,9 +212,8 @@ class App:
         self.api.distributor = self.distributor
         self.api.querier = self.querier
         self.api.ingester = self.ingester
-        if "query-frontend" in self.modules:
-            assert self.querier is not None, "BUG: query-frontend without querier"
-            self.api.frontend = Frontend(cfg, self.querier)
+        if "query-frontend" in self.modules or "querier-worker" in self.modules:
+            await self._start_async_queries(js)
         self._started = True
         log.info(
             "started target=%s modules=%s http=%s:%d",
@@ -212,6 +222,42 @@ class App:
             cfg.server.http_listen_address,
             self.port,
         )
+
+    async def _start_async_queries(self, js: Any) -> None:
+        """The JetStream resources of async queries, the frontend and the worker."""
+        cfg = self.cfg
+        assert self.querier is not None, "BUG: async queries without querier"
+        res = await bus.ensure_resources(
+            js,
+            replicas=cfg.nats.replicas,
+            max_keep_alive_s=cfg.frontend.async_max_keep_alive_s,
+            split_cache_ttl_s=cfg.querier_worker.split_cache_ttl_s,
+        )
+        split_results = SplitResults(res["split_cache"], self.objects)
+        frontend = Frontend(cfg, self.querier, split_results)
+        tickets = Tickets(
+            nc=self.nc,
+            js=js,
+            kv=res["tickets"],
+            results=res["results"],
+            objects=self.objects,
+            default_keep_alive_s=cfg.frontend.async_default_keep_alive_s,
+            max_keep_alive_s=cfg.frontend.async_max_keep_alive_s,
+        )
+        if "query-frontend" in self.modules:
+            self.api.frontend = frontend
+            self.api.tickets = tickets
+            self.api.split_results = split_results
+        if "querier-worker" in self.modules:
+            self.worker = QuerierWorker(
+                cfg,
+                nc=self.nc,
+                js=js,
+                frontend=frontend,
+                tickets=tickets,
+                split_results=split_results,
+            )
+            await self.worker.start()
 
     async def _start_http(self) -> None:
         # Bodies are decompressed by logproto, under the body size cap (bomb-safe).
@@ -225,10 +271,12 @@ class App:
             self.port = self._runner.addresses[0][1]
 
     async def stop(self) -> None:
-        """Stop in reverse order: HTTP, ingester (flush), ring, store, NATS."""
+        """Stop in reverse order: HTTP, worker, ingester (flush), ring, store, NATS."""
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self.worker is not None:
+            await self.worker.stop()
         if self.ingester is not None:
             await self.ingester.stop()
         if self.ring is not None:

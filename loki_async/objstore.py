@@ -189,7 +189,7 @@ class FilesystemObjectClient:
         try:
             yield
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as exc:
-            if action in _FS_WRITES:
+            if action in _FS_WRITES or action == "list":
                 raise StorageError(f"filesystem {action} {key!r}: {exc}") from exc
             raise ObjectNotFound(f"object {key!r} not found") from exc
         except OSError as exc:
@@ -221,8 +221,14 @@ def _link_new_file(path: Path, data: bytes) -> bool:
 
 def _list_files(root: Path, base: Path, prefix: str) -> list[str]:
     keys: list[str] = []
-    # A missing base directory yields nothing: no key has that prefix.
-    for dirpath, dirnames, filenames in os.walk(base):
+
+    def unreadable(e: OSError) -> None:
+        # A missing base directory yields nothing: no key has that prefix. Anything else
+        # (permissions, a file where a directory should be) must not look like "empty".
+        if not isinstance(e, FileNotFoundError):
+            raise e
+
+    for dirpath, dirnames, filenames in os.walk(base, onerror=unreadable):
         rel = Path(dirpath).relative_to(root).as_posix()
         head = "" if rel == "." else rel + "/"
         # Below the base every name matches once its directory does; in the base only

@@ -62,6 +62,19 @@ class QueryStats:
             if name != "started":
                 setattr(self, name, getattr(self, name) + getattr(other, name))
 
+    def to_wire(self) -> dict[str, int]:
+        """The counters (not the start time), for NATS messages and ticket records."""
+        return {n: getattr(self, n) for n in self.__slots__ if n != "started"}
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> QueryStats:
+        """Rebuild counters sent with :meth:`to_wire`; unknown names are ignored."""
+        s = cls()
+        for name in s.__slots__:
+            if name != "started" and isinstance(data.get(name), int):
+                setattr(s, name, data[name])
+        return s
+
 
 @dataclass(slots=True)
 class StreamResult:

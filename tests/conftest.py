@@ -48,6 +48,10 @@ class NATSServer:
     def __init__(self, store: Path) -> None:
         self.port = free_port()
         self.store = store
+        self.start()
+
+    def start(self) -> None:
+        """Start (again, after stop: same port, same store)."""
         self.proc = subprocess.Popen(
             [
                 nats_server_binary(),
@@ -55,7 +59,7 @@ class NATSServer:
                 str(REPO / "nats" / "nats-server.conf"),
                 "-js",
                 "-sd",
-                str(store),
+                str(self.store),
                 "-a",
                 "127.0.0.1",
                 "-p",

@@ -116,6 +116,18 @@ def test_targets_resolve_dependencies_first() -> None:
         "ingester",
         "querier",
         "query-frontend",
+        "querier-worker",
     ]
-    assert resolve("read") == ["nats", "store", "ring", "querier", "query-frontend"]
-    assert set(TARGETS) >= {"all", "read", "write", "distributor", "ingester", "query-frontend"}
+    read = ["nats", "store", "ring", "querier", "query-frontend", "querier-worker"]
+    assert resolve("read") == read
+    assert resolve("read", workers=False) == read[:-1]
+    assert resolve("querier-worker", workers=False)[-1] == "querier-worker"
+    assert set(TARGETS) >= {
+        "all",
+        "read",
+        "write",
+        "distributor",
+        "ingester",
+        "query-frontend",
+        "querier-worker",
+    }

@@ -1875,9 +1875,7 @@ class StreamSampleExtractor:
         else:
             self.base_key = self.sp.base_labels.key
         """The series of entries whose labels the pipeline leaves unchanged."""
-        self.series_fixed = ex.logfmt_only and (
-            ex.no_labels or all(g in base for g in ex.groups)
-        )
+        self.series_fixed = ex.logfmt_only and (ex.no_labels or all(g in base for g in ex.groups))
         """Every line of this stream is in the base series (see ``logfmt_only``)."""
         self._keys: dict[Any, str] = {}
 

@@ -614,4 +614,3 @@ def test_logfmt_block_fast_path_agrees_with_line_by_line(lines: list[bytes]) -> 
         keys.append(sx._key(r[1]))
     assert set(keys) == set(got) == {'{level="info"}'}
     assert list(got['{level="info"}'][0]) == list(b.ts)
-

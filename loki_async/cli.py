@@ -1,4 +1,4 @@
-"""The ``loki-async`` command: run a target, print the config, or run a benchmark."""
+"""The ``loki-async`` command: run a target, print the config, run a benchmark, or query."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from .errors import ConfigError, LokiError
 USAGE = """usage: loki-async [-config.file=PATH] [-target=TARGET] [-FLAG=VALUE ...]
        loki-async -print-config | -version | -help
        loki-async bench push|storage [options]   (loki-async bench -h)
+       loki-async query 'LOGQL' [--async] [options]   (loki-async query -h)
+       loki-async ticket ID|--list [options]   (loki-async ticket -h)
 """
 
 
@@ -21,6 +23,10 @@ def main(argv: list[str] | None = None) -> int:
         from .bench import main as bench_main
 
         return bench_main(argv[1:])
+    if argv and argv[0] in ("query", "ticket"):
+        from .client import query_main, ticket_main
+
+        return (query_main if argv[0] == "query" else ticket_main)(argv[1:])
     try:
         cmd = config.parse_args(argv)
         if cmd.help:

@@ -370,7 +370,10 @@ class QuerierWorker:
             if data is not None:
                 have[i] = data
 
-        await asyncio.gather(*(lookup(i) for i in range(len(keys))))
+        # Private keys can only hold results of an earlier delivery of this execution.
+        await asyncio.gather(
+            *(lookup(i) for i, k in enumerate(keys) if deliveries > 1 or k.startswith("c."))
+        )
         cached = sum(1 for i in have if keys[i].startswith("c."))
         stats.cache_lookups += sum(1 for k in keys if k.startswith("c."))
         stats.cache_hits += cached
@@ -612,6 +615,7 @@ class QuerierWorker:
             await self.split_results.put(d["key"], data)
         except asyncio.CancelledError:
             if self._stopping:
+                task.cancel()
                 await _settle(msg.nak())
                 raise
             metrics.WORKER_SPLITS.labels("cancelled").inc()

@@ -8,6 +8,16 @@
 ``bench storage``  cuts the loghub samples into chunks with the ingester's own code
                    (head blocks, deterministic zstd, chunk encoding) and reports raw
                    line bytes against stored chunk bytes.
+``bench async``    self-contained: starts its own nats-server, a ``-target=all`` process
+                   without workers and ``-target=querier-worker`` processes in a temp
+                   dir, pushes and flushes 30 days of synthetic logs for two tenants,
+                   then measures async queries: the overhead of ``async=true`` over a
+                   sync query (inline and ticket long-poll), a cold 30-day
+                   aggregation (~720 one-hour splits) with 1..``--workers-max`` workers,
+                   the same with the split cache warm, the latency of a small query of
+                   another tenant while that aggregation runs (fairness), and tickets
+                   accepted per second. CPU seconds per process are given per phase.
+                   Every process it started is stopped at the end.
 """
 
 from __future__ import annotations
@@ -18,8 +28,17 @@ import gzip
 import json
 import os
 import random
+import shlex
+import shutil
+import socket
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -312,6 +331,639 @@ def run_storage(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+# --------------------------------------------------------------------------- bench async
+
+REPO = Path(__file__).resolve().parents[1]
+HOUR_NS = 3600 * NS
+DAY_NS = 86400 * NS
+TENANT_A, TENANT_B = "tenant-a", "tenant-b"
+AGG_QUERY = 'sum by (level) (count_over_time({job="bench"}[1h]))'
+TINY_QUERY = 'count_over_time({app="api"}[5m])'
+SMALL_QUERY = 'count_over_time({job="bench"}[5m])'
+
+
+def note(msg: str) -> None:
+    """A progress note on stderr (stdout carries the JSON only)."""
+    print(f"[bench async {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Child:
+    """A process this benchmark started, with its log file."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    log: Any
+    url: str = ""
+
+    def cpu_s(self) -> float:
+        """User + system CPU seconds the process has used so far (Linux /proc)."""
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def spawn(name: str, cmd: list[str], workdir: Path) -> Child:
+    """Start ``cmd`` with its output in ``workdir/<name>.log``; it gets SIGTERM if this
+    process dies (Linux), so nothing outlives a killed benchmark."""
+    from .bus import _die_with_parent
+
+    env = dict(os.environ)  # this checkout's package, installed or not
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    log = open(workdir / f"{name}.log", "ab")
+    proc = subprocess.Popen(
+        cmd,
+        cwd=workdir,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        preexec_fn=_die_with_parent,
+    )
+    return Child(name, proc, log)
+
+
+def wait_port(child: Child, port: int, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if child.proc.poll() is not None:
+            raise RuntimeError(f"{child.name} exited with {child.proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.02)
+    raise TimeoutError(f"{child.name}: port {port} did not open in {timeout}s")
+
+
+def start_nats(workdir: Path) -> tuple[Child, str]:
+    """A standalone JetStream nats-server on a free port, its store in ``workdir``."""
+    from .bus import nats_server_binary
+
+    port = free_port()
+    store = workdir / "nats-store"
+    store.mkdir(parents=True, exist_ok=True)
+    cmd = [nats_server_binary(), "-c", str(REPO / "nats" / "nats-server.conf"), "-js"]
+    cmd += ["-sd", str(store), "-a", "127.0.0.1", "-p", str(port)]
+    child = spawn("nats-server", cmd, workdir)
+    try:
+        wait_port(child, port)
+    except BaseException:
+        stop_child(child)
+        raise
+    return child, f"nats://127.0.0.1:{port}"
+
+
+def loki_config(workdir: Path, nats_url: str, port: int, concurrency: int) -> dict[str, Any]:
+    """The configuration every process of the benchmark shares (own HTTP port)."""
+    return {
+        "auth_enabled": True,
+        "server": {"http_listen_port": port, "log_level": "warn"},
+        "common": {"path_prefix": str(workdir / "data")},
+        "nats": {"url": nats_url},
+        "ingester": {"lifecycler": {"ID": "bench-ingester"}},
+        "querier": {"query_ingesters_within": "1h"},
+        "querier_worker": {"concurrency": concurrency},
+        "limits_config": {
+            "reject_old_samples": False,
+            "ingestion_rate_mb": 4096,
+            "ingestion_burst_size_mb": 4096,
+            "max_query_length": "31d",
+        },
+    }
+
+
+def start_loki(workdir: Path, name: str, target: str, cfg: dict[str, Any]) -> Child:
+    """``loki-async -target=<target>`` with ``cfg``; returns once ``/ready`` answers 200."""
+    import yaml
+
+    path = workdir / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    cmd = [sys.executable, "-m", "loki_async.cli", f"-config.file={path}", f"-target={target}"]
+    child = spawn(name, cmd, workdir)
+    child.url = f"http://127.0.0.1:{cfg['server']['http_listen_port']}"
+    try:
+        wait_ready(child)
+    except BaseException:
+        stop_child(child)
+        raise
+    return child
+
+
+def wait_ready(child: Child, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if child.proc.poll() is not None:
+            raise RuntimeError(
+                f"{child.name} exited with {child.proc.returncode} (see {child.log.name})"
+            )
+        try:
+            with urllib.request.urlopen(f"{child.url}/ready", timeout=1) as r:
+                if r.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"{child.name} not ready after {timeout}s (see {child.log.name})")
+
+
+def stop_child(child: Child, timeout: float = 30) -> None:
+    """SIGTERM, then SIGKILL after ``timeout`` seconds."""
+    if child.proc.poll() is None:
+        child.proc.terminate()
+        try:
+            child.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            child.proc.kill()
+            child.proc.wait(10)
+    child.log.close()
+
+
+def dist_ms(values: list[float]) -> dict[str, float]:
+    """Median, p90, min and max of durations given in seconds, in ms."""
+    v = sorted(values)
+    return {
+        "median": round(statistics.median(v) * 1000, 2),
+        "p90": round(v[min(int(0.9 * len(v)), len(v) - 1)] * 1000, 2),
+        "min": round(v[0] * 1000, 2),
+        "max": round(v[-1] * 1000, 2),
+    }
+
+
+class CPU:
+    """CPU seconds used by each started process (and this one) between two points."""
+
+    def __init__(self, children: list[Child]) -> None:
+        self.children = children
+        self.start = self._now()
+
+    def _now(self) -> dict[str, float]:
+        out = {c.name: c.cpu_s() for c in self.children if c.proc.poll() is None}
+        t = os.times()
+        out["bench-client"] = t.user + t.system
+        return out
+
+    def used(self) -> dict[str, float]:
+        now = self._now()
+        return {k: round(v - self.start.get(k, 0.0), 2) for k, v in now.items()}
+
+
+class AsyncClient:
+    """The calls of the async query API the benchmark makes, for one tenant."""
+
+    def __init__(self, session: Any, url: str) -> None:
+        self.session = session
+        self.url = url
+
+    async def get(
+        self, path: str, params: dict[str, str], tenant: str, no_cache: bool = False
+    ) -> tuple[int, dict[str, str], bytes]:
+        headers = {"X-Scope-OrgID": tenant}
+        if no_cache:
+            headers["Cache-Control"] = "no-cache"
+        async with self.session.get(self.url + path, params=params, headers=headers) as r:
+            return r.status, dict(r.headers), await r.read()
+
+    async def sync(self, path: str, params: dict[str, str], tenant: str) -> None:
+        status, _, body = await self.get(path, params, tenant)
+        if status != 200:
+            raise RuntimeError(f"sync query failed: {status} {body[:300]!r}")
+
+    async def submit(
+        self, path: str, params: dict[str, str], tenant: str, *, wait: str = "", no_cache=False
+    ) -> tuple[str, bytes | None]:
+        """Submit with ``async=true``: (ticket, result body if it came inline)."""
+        q = {**params, "async": "true"}
+        if wait:
+            q["wait"] = wait
+        status, headers, body = await self.get(path, q, tenant, no_cache)
+        if status == 200:
+            return headers.get("X-Loki-Ticket", ""), body
+        if status != 202:
+            raise RuntimeError(f"async submit failed: {status} {body[:300]!r}")
+        return json.loads(body)["data"]["ticket"], None
+
+    async def result(self, ticket: str, tenant: str, wait: str = "30s") -> bytes:
+        """Long-poll the ticket until its result is there."""
+        while True:
+            status, _, body = await self.get(
+                f"/loki/api/v1/tickets/{ticket}", {"wait": wait}, tenant
+            )
+            if status == 200:
+                return body
+            if status != 204:
+                raise RuntimeError(f"ticket {ticket} failed: {status} {body[:300]!r}")
+
+    async def run(
+        self, path: str, params: dict[str, str], tenant: str, *, wait: str = "", no_cache=False
+    ) -> tuple[str, bytes]:
+        ticket, body = await self.submit(path, params, tenant, wait=wait, no_cache=no_cache)
+        if body is None:
+            body = await self.result(ticket, tenant)
+        return ticket, body
+
+    async def status(self, ticket: str, tenant: str) -> dict[str, Any]:
+        status, _, body = await self.get(f"/loki/api/v1/tickets/{ticket}/status", {}, tenant)
+        if status != 200:
+            raise RuntimeError(f"ticket status failed: {status} {body[:300]!r}")
+        return json.loads(body)["data"]
+
+
+class AsyncBench:
+    """The processes of ``bench async`` and its measurements."""
+
+    def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
+        self.args = args
+        self.workdir = workdir
+        self.children: list[Child] = []
+        self.workers: list[Child] = []
+        self.nats_url = ""
+        self.main: Child | None = None
+
+    # ------------------------------------------------------------------ processes
+
+    def start(self) -> None:
+        nats_child, self.nats_url = start_nats(self.workdir)
+        self.children.append(nats_child)
+        note(f"nats-server at {self.nats_url}, store in {self.workdir}")
+        cfg = loki_config(self.workdir, self.nats_url, free_port(), 0)
+        self.main = start_loki(self.workdir, "frontend", "all", cfg)
+        self.children.append(self.main)
+        note(f"-target=all (no workers) at {self.main.url}")
+
+    def set_workers(self, n: int) -> None:
+        """Start or stop querier-worker processes until ``n`` run."""
+        while len(self.workers) > n:
+            w = self.workers.pop()
+            stop_child(w)
+            self.children.remove(w)
+        while len(self.workers) < n:
+            name = f"worker-{len(self.workers) + 1}"
+            cfg = loki_config(
+                self.workdir, self.nats_url, free_port(), self.args.worker_concurrency
+            )
+            w = start_loki(self.workdir, name, "querier-worker", cfg)
+            self.workers.append(w)
+            self.children.append(w)
+        note(f"{n} querier-worker process(es) running")
+
+    def stop(self) -> None:
+        for child in reversed(self.children):
+            try:
+                stop_child(child)
+            except Exception as e:  # keep stopping the others
+                note(f"stopping {child.name} failed: {e!r}")
+        self.children.clear()
+        self.workers.clear()
+
+    # ------------------------------------------------------------------ data
+
+    async def load(self) -> dict[str, Any]:
+        assert self.main is not None
+        out: dict[str, Any] = {}
+        for tenant, lines in ((TENANT_A, self.args.lines), (TENANT_B, self.args.lines_b)):
+            push_args = argparse.Namespace(
+                url=self.main.url,
+                lines=lines,
+                days=self.args.days,
+                source="synthetic",
+                line_format="logfmt",
+                batch=2000,
+                format="protobuf",
+                connections=2,
+                tenant=tenant,
+                streams=len(APPS) * len(LEVELS),
+            )
+            note(f"pushing {lines} lines over {self.args.days:g} days as {tenant}")
+            r = await run_push(push_args)
+            if r["failed"]:
+                raise RuntimeError(f"{r['failed']} push requests failed for {tenant}")
+            out[tenant] = {k: r[k] for k in ("lines", "seconds", "lines_per_s", "mb_per_s")}
+        t0 = time.perf_counter()
+        note("flushing the ingester to the store (POST /flush)")
+        async with aiohttp_session() as session:
+            async with session.post(f"{self.main.url}/flush") as r:
+                if r.status != 204:
+                    raise RuntimeError(f"flush failed: {r.status} {await r.text()}")
+            flush_s = time.perf_counter() - t0
+            # The store alone must now hold every entry pushed (nothing left in memory).
+            now = time.time_ns()
+            for tenant, lines in ((TENANT_A, self.args.lines), (TENANT_B, self.args.lines_b)):
+                params = {
+                    "query": '{job="bench"}',
+                    "start": str(now - int((self.args.days + 1) * DAY_NS)),
+                    "end": str(now),
+                }
+                async with session.get(
+                    f"{self.main.url}/loki/api/v1/index/stats",
+                    params=params,
+                    headers={"X-Scope-OrgID": tenant},
+                ) as r:
+                    st = await r.json()
+                out[tenant]["chunks"] = st["chunks"]
+                if st["entries"] != lines:
+                    note(f"warning: {tenant} index holds {st['entries']} entries of {lines}")
+        out["flush_s"] = round(flush_s, 2)
+        note(f"flushed in {flush_s:.1f}s: {out[TENANT_A]['chunks']} chunks for {TENANT_A}")
+        return out
+
+    # ------------------------------------------------------------------ measurements
+
+    async def overhead(self, c: AsyncClient) -> dict[str, Any]:
+        """A tiny instant query: sync, async inline (wait=10s), async 202 + long-poll."""
+        runs = self.args.runs
+        path = "/loki/api/v1/query"
+        params = {"query": TINY_QUERY}
+        cpu = CPU(self.children)
+        variants = {
+            "sync_ms": lambda: c.sync(path, params, TENANT_A),
+            "async_inline_ms": lambda: c.run(path, params, TENANT_A, wait="10s"),
+            "async_ticket_ms": lambda: c.run(path, params, TENANT_A),
+        }
+        times: dict[str, list[float]] = {k: [] for k in variants}
+        for call in variants.values():  # warm up connections and code paths
+            for _ in range(5):
+                await call()
+        note(f"overhead: {runs} runs of each variant, interleaved")
+        # Where an inline async run's time goes, from its ticket's status (read after the
+        # clock stops): created -> a worker started it (queue), started -> finished (exec).
+        queue: list[float] = []
+        execute: list[float] = []
+        for _ in range(runs):
+            for name, call in variants.items():
+                t0 = time.perf_counter()
+                ret = await call()
+                times[name].append(time.perf_counter() - t0)
+                if name == "async_inline_ms":
+                    st = (await c.status(ret[0], TENANT_A))["stats"]
+                    queue.append(st["queue_time_s"])
+                    execute.append(st["exec_time_s"])
+        out: dict[str, Any] = {
+            "workers": len(self.workers),
+            "query": TINY_QUERY,
+            "endpoint": path,
+            "runs": runs,
+        }
+        for name, values in times.items():
+            out[name] = dist_ms(values)
+        sync_med = out["sync_ms"]["median"]
+        out["async_overhead_ms_median"] = round(out["async_inline_ms"]["median"] - sync_med, 2)
+        out["async_ticket_overhead_ms_median"] = round(
+            out["async_ticket_ms"]["median"] - sync_med, 2
+        )
+        q_med = round(statistics.median(queue) * 1000, 2)
+        x_med = round(statistics.median(execute) * 1000, 2)
+        out["async_inline_breakdown_ms_median"] = {
+            "submit_to_started": q_med,
+            "started_to_finished": x_med,
+            "rest": round(out["async_inline_ms"]["median"] - q_med - x_med, 2),
+        }
+        out["cpu_s"] = cpu.used()
+        return out
+
+    def agg_params(self, end: int | None = None) -> dict[str, str]:
+        end = end or time.time_ns()
+        start = end - int(self.args.days * DAY_NS)
+        return {"query": AGG_QUERY, "start": str(start), "end": str(end), "step": "1h"}
+
+    async def aggregation(
+        self, c: AsyncClient, no_cache: bool, params: dict[str, str] | None = None
+    ) -> tuple[float, dict[str, Any], dict[str, Any]]:
+        """One async 30-day aggregation, submit to result: (seconds, status, body)."""
+        t0 = time.perf_counter()
+        ticket, body = await c.run(
+            "/loki/api/v1/query_range", params or self.agg_params(), TENANT_A, no_cache=no_cache
+        )
+        elapsed = time.perf_counter() - t0
+        return elapsed, await c.status(ticket, TENANT_A), json.loads(body)
+
+    async def cold_runs(self, c: AsyncClient, n_workers: int) -> dict[str, Any]:
+        """Cold runs (no split cache) with ``n_workers`` processes. A first run, not
+        counted, lets new processes load what a long-running worker holds (index
+        segments, imports); its time is reported as ``first_run_ms``."""
+        self.set_workers(n_workers)
+        first, _, _ = await self.aggregation(c, no_cache=True)
+        note(f"cold 30d aggregation, {n_workers} worker(s), first run (not counted): {first:.2f}s")
+        cpu = CPU(self.children)
+        times = []
+        execs = []
+        st: dict[str, Any] = {}
+        for i in range(self.args.agg_runs):
+            elapsed, st, body = await self.aggregation(c, no_cache=True)
+            times.append(elapsed)
+            execs.append(st["stats"]["exec_time_s"])
+            prog = st["progress"]
+            note(
+                f"cold 30d aggregation, {n_workers} worker(s), run {i + 1}: {elapsed:.2f}s "
+                f"({prog['splits_done']}/{prog['splits_total']} splits, "
+                f"{st['stats']['lines_processed']} lines, {len(body['data']['result'])} series)"
+            )
+        return {
+            "first_run_ms": round(first * 1000, 1),
+            "runs_ms": [round(t * 1000, 1) for t in times],
+            "best_ms": round(min(times) * 1000, 1),
+            "median_ms": round(statistics.median(times) * 1000, 1),
+            "exec_ms_median": round(statistics.median(execs) * 1000, 1),
+            "splits_total": st["progress"]["splits_total"],
+            "lines_processed": st["stats"]["lines_processed"],
+            "chunks_fetched": st["stats"]["chunks_fetched"],
+            "cpu_s": {k: round(v / len(times), 2) for k, v in cpu.used().items()},
+        }
+
+    async def warm(self, c: AsyncClient) -> dict[str, Any]:
+        """Fill the split cache with one run, then the same query again (warm)."""
+        params = self.agg_params()
+        fill_s, _, _ = await self.aggregation(c, no_cache=False, params=params)
+        note(f"split cache filled by a run of {fill_s:.2f}s")
+        cpu = CPU(self.children)
+        times = []
+        st: dict[str, Any] = {}
+        for _ in range(self.args.agg_runs):
+            elapsed, st, _ = await self.aggregation(c, no_cache=False, params=params)
+            times.append(elapsed)
+        note(f"warm runs: {', '.join(f'{t:.3f}s' for t in times)}")
+        return {
+            "fill_ms": round(fill_s * 1000, 1),
+            "warm_runs_ms": [round(t * 1000, 1) for t in times],
+            "warm_ms": round(min(times) * 1000, 1),
+            "splits_cached": st["progress"]["splits_cached"],
+            "splits_total": st["progress"]["splits_total"],
+            "cpu_s": {k: round(v / len(times), 2) for k, v in cpu.used().items()},
+        }
+
+    async def fairness(self, c: AsyncClient) -> dict[str, Any]:
+        """Tenant B's small query, idle and while tenant A's cold aggregation runs."""
+
+        async def b_query() -> float:
+            end = time.time_ns()
+            params = {
+                "query": SMALL_QUERY,
+                "start": str(end - HOUR_NS),
+                "end": str(end),
+                "step": "1m",
+            }
+            t0 = time.perf_counter()
+            await c.run("/loki/api/v1/query_range", params, TENANT_B, wait="10s", no_cache=True)
+            return time.perf_counter() - t0
+
+        for _ in range(3):
+            await b_query()
+        idle = [await b_query() for _ in range(10)]
+        ticket, _ = await c.submit(
+            "/loki/api/v1/query_range", self.agg_params(), TENANT_A, no_cache=True
+        )
+        t0 = time.perf_counter()
+        a_result = asyncio.ensure_future(c.result(ticket, TENANT_A))
+        during: list[float] = []
+        done_at: list[int] = []
+        while not a_result.done():
+            await asyncio.sleep(0.2)
+            if a_result.done():
+                break
+            elapsed = await b_query()
+            if not a_result.done():  # only samples taken entirely during A's run
+                during.append(elapsed)
+                done_at.append((await c.status(ticket, TENANT_A))["progress"]["splits_done"])
+        await a_result
+        a_s = time.perf_counter() - t0
+        st = await c.status(ticket, TENANT_A)
+        note(
+            f"fairness: B idle {statistics.median(idle) * 1000:.0f}ms, during A "
+            f"{statistics.median(during) * 1000 if during else float('nan'):.0f}ms "
+            f"({len(during)} samples, A took {a_s:.2f}s)"
+        )
+        return {
+            "workers": len(self.workers),
+            "b_query": SMALL_QUERY + " over 1h, step 1m",
+            "b_idle_ms": dist_ms(idle),
+            "b_idle_ms_median": round(statistics.median(idle) * 1000, 2),
+            "b_during_a_ms": dist_ms(during) if during else None,
+            "b_during_a_ms_median": round(statistics.median(during) * 1000, 2) if during else None,
+            "b_during_a_samples": len(during),
+            "a_splits_done_at_samples": done_at,
+            "a_splits_total": st["progress"]["splits_total"],
+            "a_ms": round(a_s * 1000, 1),
+        }
+
+    async def tickets_per_s(self, c: AsyncClient) -> dict[str, Any]:
+        """Distinct cheap submissions (202) from concurrent clients, no workers running."""
+        self.set_workers(0)
+        clients, seconds = self.args.clients, self.args.submit_seconds
+        cpu = CPU(self.children)
+        counter = 0
+        accepted = 0
+        failed = 0
+        latencies: list[float] = []
+        deadline = time.perf_counter() + seconds
+
+        async def client() -> None:
+            nonlocal counter, accepted, failed
+            while time.perf_counter() < deadline:
+                counter += 1
+                q = f'count_over_time({{app="api"}} |= "needle-{counter}" [5m])'
+                t0 = time.perf_counter()
+                status, _, _ = await c.get(
+                    "/loki/api/v1/query", {"query": q, "async": "true"}, TENANT_A
+                )
+                latencies.append(time.perf_counter() - t0)
+                if status == 202:
+                    accepted += 1
+                else:
+                    failed += 1
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(clients)))
+        elapsed = time.perf_counter() - t0
+        rate = accepted / elapsed
+        note(f"tickets: {accepted} accepted in {elapsed:.2f}s = {rate:.0f}/s ({failed} failed)")
+        return {
+            "workers": 0,
+            "clients": clients,
+            "seconds": round(elapsed, 2),
+            "accepted": accepted,
+            "failed": failed,
+            "tickets_per_s": round(rate, 1),
+            "submit_ms": dist_ms(latencies),
+            "cpu_s": cpu.used(),
+        }
+
+
+def aiohttp_session() -> Any:
+    import aiohttp
+
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=64),
+        timeout=aiohttp.ClientTimeout(total=None, sock_read=600),
+    )
+
+
+async def run_async(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
+    """Start the processes, load data, measure; every process is stopped at the end."""
+    workdir = Path(tempfile.mkdtemp(prefix="loki-async-bench-"))
+    bench = AsyncBench(args, workdir)
+    t_start = time.perf_counter()
+    try:
+        bench.start()
+        result: dict[str, Any] = {
+            "bench": "async",
+            "command": shlex.join(["loki-async", "bench", *argv]),
+            "lines": {TENANT_A: args.lines, TENANT_B: args.lines_b},
+            "days": args.days,
+            "streams_per_tenant": len(APPS) * len(LEVELS),
+            "worker_processes_max": args.workers_max,
+            "worker_concurrency": args.worker_concurrency,
+            "cores": os.cpu_count(),
+        }
+        result["load"] = await bench.load()
+        async with aiohttp_session() as session:
+            c = AsyncClient(session, bench.main.url if bench.main else "")
+            bench.set_workers(1)
+            result["overhead"] = await bench.overhead(c)
+            note(
+                f"overhead: sync {result['overhead']['sync_ms']['median']}ms, async inline "
+                f"{result['overhead']['async_inline_ms']['median']}ms, ticket "
+                f"{result['overhead']['async_ticket_ms']['median']}ms"
+            )
+            cold = {}
+            for n in range(1, args.workers_max + 1):
+                cold[str(n)] = await bench.cold_runs(c, n)
+            agg: dict[str, Any] = {
+                "query": AGG_QUERY,
+                "range": f"{args.days:g}d",
+                "step": "1h",
+                "splits_total": cold["1"]["splits_total"],
+                "cold": cold,
+            }
+            top = str(args.workers_max)
+            if args.workers_max > 1:
+                agg[f"speedup_{top}_vs_1"] = round(cold["1"]["best_ms"] / cold[top]["best_ms"], 2)
+                agg[f"speedup_{top}_vs_1_median"] = round(
+                    cold["1"]["median_ms"] / cold[top]["median_ms"], 2
+                )
+            agg["warm_workers"] = args.workers_max
+            agg.update(await bench.warm(c))
+            agg["cold_vs_warm"] = round(cold[top]["best_ms"] / agg["warm_ms"], 1)
+            result["aggregation_30d"] = agg
+            result["fairness"] = await bench.fairness(c)
+            result["tickets_per_s"] = await bench.tickets_per_s(c)
+        result["total_s"] = round(time.perf_counter() - t_start, 1)
+        return result
+    finally:
+        bench.stop()
+        if args.keep:
+            note(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(
         prog="loki-async bench",
@@ -351,9 +1003,30 @@ def main(argv: list[str]) -> int:
     query.add_argument("--instant", action="store_true", help="use /query at --end")
     query.add_argument("--runs", type=int, default=5)
     query.add_argument("--tenant", default="")
+    bench_async = sub.add_parser(
+        "async", help="self-contained: async query overhead, throughput, scaling, fairness"
+    )
+    bench_async.add_argument("--lines", type=int, default=600_000, help="tenant A's lines")
+    bench_async.add_argument("--lines-b", type=int, default=30_000, help="tenant B's lines")
+    bench_async.add_argument("--days", type=float, default=30.0, help="time span of the data")
+    bench_async.add_argument("--runs", type=int, default=100, help="overhead runs per variant")
+    bench_async.add_argument(
+        "--agg-runs", type=int, default=3, help="runs of each 30-day aggregation measurement"
+    )
+    bench_async.add_argument("--workers-max", type=int, default=2, help="worker processes")
+    bench_async.add_argument(
+        "--worker-concurrency", type=int, default=2, help="splits at once per worker process"
+    )
+    bench_async.add_argument("--clients", type=int, default=16, help="tickets/s: clients")
+    bench_async.add_argument(
+        "--submit-seconds", type=float, default=4.0, help="tickets/s: duration"
+    )
+    bench_async.add_argument("--keep", action="store_true", help="keep the temp dir (logs)")
     args = p.parse_args(argv)
     if args.what == "push":
         result = asyncio.run(run_push(args))
+    elif args.what == "async":
+        result = asyncio.run(run_async(args, argv))
     elif args.what == "query":
         result = asyncio.run(run_query(args))
     else:

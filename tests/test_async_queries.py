@@ -9,6 +9,7 @@ always fails.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 from collections.abc import Iterator
@@ -456,12 +457,15 @@ def cluster(tmp_path: Path) -> Iterator[dict[str, Any]]:
         workdir.mkdir(exist_ok=True)
         return inst.start()
 
-    main = start("all", tmp_path, querier_worker={"concurrency": 0})
-    yield {"nats": nats, "main": main, "start": start, "procs": procs, "dir": tmp_path}
-    for p in procs:
-        if p.proc is not None:
-            p.kill()
-    nats.stop()
+    try:
+        main = start("all", tmp_path, querier_worker={"concurrency": 0})
+        yield {"nats": nats, "main": main, "start": start, "procs": procs, "dir": tmp_path}
+    finally:
+        for p in procs:
+            if p.proc is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    p.kill()
+        nats.stop()
 
 
 async def test_killed_worker_query_is_completed_by_another(cluster) -> None:

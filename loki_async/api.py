@@ -786,7 +786,9 @@ def _json(obj: Any, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(obj), status=status, content_type="application/json")
 
 
-def _stats(s: QueryStats, returned: int, exec_s: float, queue_s: float) -> dict[str, Any]:
+def _stats(
+    s: QueryStats, returned: int, exec_s: float = 0.0, queue_s: float = 0.0
+) -> dict[str, Any]:
     """Loki's ``stats`` block, with the figures this query really has; the rest are 0."""
     lines = s.ingester_lines + s.store_lines
     nbytes = s.ingester_bytes + s.store_bytes

@@ -29,7 +29,7 @@ from .labels import label_map
 from .logproto import decode_push, format_labels
 from .logql import ParseError, parse_expr, parse_log_selector
 from .logql.ast import Expr, LogSelectorExpr
-from .logql.engine import Matrix, Vector, to_json
+from .logql.engine import to_json
 from .logql.pretty import prettify
 from .querier import BACKWARD, FORWARD, Querier, QueryStats, StreamResult
 from .tickets import Execution, Ticket, Tickets, merge_done, status_json
@@ -543,14 +543,11 @@ class API:
             return await self._result(t, x)
         assert self.split_results is not None, "BUG: tickets without split results"
         req = QueryRequest.from_wire(x.request)
-        value = await merge_done(req, self._frontend().planner, self.split_results, x)
-        stats = QueryStats.from_wire(x.stats)
-        if req.is_log:
-            res = QueryResult(streams=value or [], stats=stats)
-        else:
-            empty = Vector([]) if req.instant else Matrix([])
-            res = QueryResult(value=empty if value is None else value, stats=stats)
-        doc = query_response(req, res, exec_s=(time.time_ns() - x.started_ns) / 1e9)
+        res = await merge_done(
+            req, self._frontend().planner, self.split_results, x, QueryStats.from_wire(x.stats)
+        )
+        exec_s = (time.time_ns() - x.started_ns) / 1e9 if x.started_ns else 0.0
+        doc = query_response(req, res, exec_s=exec_s)
         doc["is_partial"] = True
         return _json(doc, status=200)
 

@@ -396,37 +396,17 @@ async def ensure_resources(
             log.warning("using existing JetStream bucket with different settings")
             return await bind()
 
-    tickets = await js_retry(
-        lambda: bucket(
-            js.create_key_value(
-                KeyValueConfig(
-                    bucket=TICKETS_BUCKET,
-                    history=1,
-                    ttl=record_ttl,
-                    storage=StorageType.FILE,
-                    replicas=replicas,
-                )
-            ),
-            lambda: js.key_value(TICKETS_BUCKET),
-        ),
-        f"create bucket {TICKETS_BUCKET}",
-    )
-    split_cache = await js_retry(
-        lambda: bucket(
-            js.create_key_value(
-                KeyValueConfig(
-                    bucket=SPLIT_CACHE_BUCKET,
-                    history=1,
-                    ttl=split_cache_ttl_s,
-                    storage=StorageType.FILE,
-                    replicas=replicas,
-                    max_value_size=1 << 20,
-                )
-            ),
-            lambda: js.key_value(SPLIT_CACHE_BUCKET),
-        ),
-        f"create bucket {SPLIT_CACHE_BUCKET}",
-    )
+    async def kv(name: str, ttl_s: float, **extra: Any) -> Any:
+        config = KeyValueConfig(
+            bucket=name, history=1, ttl=ttl_s, storage=StorageType.FILE, replicas=replicas, **extra
+        )
+        return await js_retry(
+            lambda: bucket(js.create_key_value(config), lambda: js.key_value(name)),
+            f"create bucket {name}",
+        )
+
+    tickets = await kv(TICKETS_BUCKET, record_ttl)
+    split_cache = await kv(SPLIT_CACHE_BUCKET, split_cache_ttl_s, max_value_size=1 << 20)
     results = await js_retry(
         lambda: bucket(
             js.create_object_store(

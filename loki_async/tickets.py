@@ -38,13 +38,16 @@ from .errors import BadRequest, LokiError, NotFound
 from .frontend import (
     Planner,
     QueryRequest,
+    QueryResult,
     SplitResults,
     cache_key,
     cacheable,
     decode_split,
     private_key,
 )
+from .logql.engine import Matrix, Vector
 from .objstore import ObjectClient
+from .querier import QueryStats
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 TERMINAL = frozenset((DONE, FAILED, CANCELLED))
@@ -152,9 +155,8 @@ def status_json(t: Ticket, x: Execution) -> dict[str, Any]:
         )
 
     stats = x.stats
-    queue_ns = (
-        (x.started_ns or time.time_ns()) - x.created_ns if x.started_ns or x.is_running else 0
-    )
+    # Queued until a worker started it (or until now; 0 if it ended before starting).
+    queue_ns = (x.started_ns or (time.time_ns() if x.is_running else x.created_ns)) - x.created_ns
     exec_ns = ((x.finished_ns or time.time_ns()) - x.started_ns) if x.started_ns else 0
     out: dict[str, Any] = {
         "ticket": t.id,
@@ -582,10 +584,12 @@ async def merge_done(
     planner: Planner,
     split_results: SplitResults,
     x: Execution,
+    stats: QueryStats,
     have: dict[int, bytes] | None = None,
-) -> Any:
+) -> QueryResult:
     """The merge of the splits of ``x`` finished so far, in plan order (for backward log
-    queries: newest splits first). ``have`` holds split results already in memory."""
+    queries: newest splits first); an empty result of the query's type if none is.
+    ``have`` holds split results already in memory."""
     keys = split_keys(req, planner, x)
     have = have or {}
     todo = [i for i in range(len(keys)) if x.split_done(i) and i not in have]
@@ -599,6 +603,8 @@ async def merge_done(
         if data is not None:
             have[i] = data
     parts = [decode_split(have[i]) for i in sorted(have)]
-    if not parts and not req.is_log:
-        return None
-    return planner.merge(req, parts)
+    if req.is_log:
+        return QueryResult(streams=planner.merge(req, parts) if parts else [], stats=stats)
+    if not parts:
+        return QueryResult(value=Vector([]) if req.instant else Matrix([]), stats=stats)
+    return QueryResult(value=planner.merge(req, parts), stats=stats)

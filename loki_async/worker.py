@@ -43,7 +43,6 @@ from .errors import LokiError
 from .frontend import (
     Frontend,
     QueryRequest,
-    QueryResult,
     Split,
     SplitResults,
     decode_split,
@@ -51,7 +50,6 @@ from .frontend import (
     entry_count,
     fresh_boundary,
 )
-from .logql.engine import Matrix, Vector
 from .querier import QueryStats
 from .tickets import (
     CANCELLED,
@@ -205,10 +203,10 @@ class QuerierWorker:
     async def _on_query_given_up(self, msg: Any) -> None:
         """JetStream gave up on a query message (its coordinator died or hung on every
         delivery): fail the execution and remove the message."""
-        data = await self._given_up_message(msg, bus.QUERIES_STREAM)
-        if data is None:
+        given_up = await self._given_up_message(msg, bus.QUERIES_STREAM)
+        if given_up is None:
             return
-        deliveries = orjson.loads(msg.data).get("deliveries", self.wcfg.max_deliver)
+        data, deliveries = given_up
         await self._fail(
             data["tenant"],
             data["execution"],
@@ -218,10 +216,11 @@ class QuerierWorker:
         )
 
     async def _on_split_given_up(self, msg: Any) -> None:
-        data = await self._given_up_message(msg, bus.SPLITS_STREAM)
-        if data is None:
+        """The same for a split: its coordinator fails the query."""
+        given_up = await self._given_up_message(msg, bus.SPLITS_STREAM)
+        if given_up is None:
             return
-        deliveries = orjson.loads(msg.data).get("deliveries", self.wcfg.max_deliver)
+        data, deliveries = given_up
         await self.nc.publish(
             bus.EXEC_SPLIT_DONE.format(id=data["execution"]),
             bus.pack(
@@ -236,16 +235,19 @@ class QuerierWorker:
             ),
         )
 
-    async def _given_up_message(self, msg: Any, stream: str) -> dict[str, Any] | None:
+    async def _given_up_message(self, msg: Any, stream: str) -> tuple[dict[str, Any], int] | None:
+        """The message an advisory names (removed from the stream) and its deliveries;
+        None if another worker already handled it."""
         try:
-            seq = int(orjson.loads(msg.data)["stream_seq"])
+            advisory = orjson.loads(msg.data)
+            seq = int(advisory["stream_seq"])
             raw = await self.js.get_msg(stream, seq)
             data = bus.unpack(raw.data)
             await self.js.delete_msg(stream, seq)
         except Exception as e:  # already removed by another worker, or unreadable
             log.debug("max-deliveries advisory on %s not handled: %r", stream, e)
             return None
-        return data
+        return data, int(advisory.get("deliveries", self.wcfg.max_deliver))
 
     async def _fail(self, tenant: str, execution: str, status: int, message: str) -> None:
         def fail(x: Execution) -> bool:
@@ -517,12 +519,7 @@ class QuerierWorker:
     ) -> None:
         for i in done:
             x.mark_done(i)
-        value = await merge_done(req, self.planner, self.split_results, x, have)
-        if req.is_log:
-            res = QueryResult(streams=value or [], stats=stats)
-        else:
-            empty = Vector([]) if req.instant else Matrix([])
-            res = QueryResult(value=empty if value is None else value, stats=stats)
+        res = await merge_done(req, self.planner, self.split_results, x, stats, have)
         finished = time.time_ns()
         doc = query_response(
             req,

@@ -276,6 +276,66 @@ class QuerierWorkerConfig:
 
 
 @dataclass(frozen=True)
+class CoprocessorsConfig:
+    """Coprocessor plugins: where they are, which run, their config, their time limits."""
+
+    directory: str = field(
+        default="",
+        metadata=opt(
+            "-coprocessors.directory", help="plugin files; default: the repository's coprocessors/"
+        ),
+    )
+    enabled: str = field(
+        default="*",
+        metadata=opt(
+            "-coprocessors.enabled",
+            kind="names",
+            help="plugins that run: * for all in the directory, or a list of names",
+        ),
+    )
+    reload_interval_s: float = field(
+        default=1.0,
+        metadata=opt(
+            "-coprocessors.reload-interval",
+            key="reload_interval",
+            kind="duration",
+            help="how often the directory is checked for changed plugins (0: never)",
+        ),
+    )
+    pre_query_timeout_s: float = field(
+        default=0.2,
+        metadata=opt(
+            "-coprocessors.pre-query-timeout",
+            key="pre_query_timeout",
+            kind="duration",
+            help="time a pre_query call may take before the split is kept",
+        ),
+    )
+    hook_timeout_s: float = field(
+        default=1.0,
+        metadata=opt(
+            "-coprocessors.hook-timeout",
+            key="hook_timeout",
+            kind="duration",
+            help="time limit of the other hooks (and of a plugin's start)",
+        ),
+    )
+    handle_timeout_s: float = field(
+        default=30.0,
+        metadata=opt(
+            "-coprocessors.handle-timeout",
+            key="handle_timeout",
+            kind="duration",
+            help="time limit of POST /coprocessor/v1/<name>",
+        ),
+    )
+    plugins: dict = field(
+        default_factory=dict,
+        metadata=opt(kind="mapping", help="per plugin name, its options (see each plugin)"),
+    )
+
+
+@dataclass(frozen=True)
 class FilesystemStorageConfig:
     directory: str = field(
         default="", metadata=opt("-local.chunk-directory", help="default: <path_prefix>/chunks")
@@ -414,6 +474,7 @@ class Config:
     query_range: QueryRangeConfig = field(default_factory=QueryRangeConfig)
     frontend: FrontendConfig = field(default_factory=FrontendConfig)
     querier_worker: QuerierWorkerConfig = field(default_factory=QuerierWorkerConfig)
+    coprocessors: CoprocessorsConfig = field(default_factory=CoprocessorsConfig)
     storage_config: StorageConfig = field(default_factory=StorageConfig)
     limits_config: LimitsConfig = field(default_factory=LimitsConfig)
     nats: NATSConfig = field(default_factory=NATSConfig)
@@ -452,6 +513,17 @@ def _convert(value: Any, typ: Any, kind: str) -> Any:
         return parse_duration(value)
     if kind == "size":
         return parse_size(value)
+    if kind == "names":
+        items = value if isinstance(value, list) else str(value).split(",")
+        if not all(isinstance(x, str) for x in items):
+            raise ValueError(f"expected a list of names, got {value!r}")
+        return ",".join(x.strip() for x in items if x.strip())
+    if kind == "mapping":
+        if not isinstance(value, dict) or not all(
+            isinstance(v, dict) or v is None for v in value.values()
+        ):
+            raise ValueError("expected a mapping of plugin name to its options")
+        return {str(k): dict(v or {}) for k, v in value.items()}
     if typ is bool:
         if isinstance(value, bool):
             return value
@@ -671,6 +743,11 @@ def _validate(cfg: Config) -> list[str]:
         errs.append(
             "frontend: async_default_keep_alive must be positive and at most async_max_keep_alive"
         )
+    cp = cfg.coprocessors
+    if min(cp.pre_query_timeout_s, cp.hook_timeout_s, cp.handle_timeout_s) <= 0:
+        errs.append("coprocessors: pre_query_timeout, hook_timeout and handle_timeout must be > 0")
+    if cp.reload_interval_s < 0:
+        errs.append("coprocessors.reload_interval: must be >= 0 (0 turns hot reload off)")
     if not 1 <= cfg.ingester.zstd_level <= 19:
         errs.append("ingester.zstd_level: must be between 1 and 19")
     return errs

@@ -57,3 +57,21 @@ WORKER_SPLITS = Counter(
     "dropped (not run: their query was stopped, cancelled or had enough).",
     ["outcome"],
 )
+
+COPROCESSOR_CALLS = Counter(
+    "loki_coprocessor_calls_total",
+    "Coprocessor hook calls by outcome: keep, skip, narrow, ok, invalid (answer of the "
+    "wrong type: kept), error, timeout.",
+    ["plugin", "hook", "outcome"],
+)
+COPROCESSOR_LATENCY = Histogram(
+    "loki_coprocessor_call_duration_seconds",
+    "Coprocessor hook call latency.",
+    ["plugin", "hook"],
+    buckets=(0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 5, 30),
+)
+COPROCESSOR_LOADS = Counter(
+    "loki_coprocessor_loads_total",
+    "Plugin file loads: loaded, reloaded, unloaded, rejected (API version), failed.",
+    ["plugin", "outcome"],
+)

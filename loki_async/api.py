@@ -22,9 +22,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from . import __version__, metrics
 from .config import Config, parse_duration
+from .coprocessor import API_VERSION
+from .coprocessor_host import HEADER_VERSION as HEADER_COPROCESSOR_VERSION
+from .coprocessor_host import Registry
 from .distributor import Distributor
 from .errors import BadRequest, LokiError, Unauthorized, Unavailable, http_status
-from .frontend import Frontend, QueryRequest, QueryResult, SplitResults
+from .frontend import Frontend, PluginHost, QueryRequest, QueryResult, SplitResults
 from .labels import label_map
 from .logproto import decode_push, format_labels
 from .logql import ParseError, parse_expr, parse_log_selector
@@ -41,6 +44,7 @@ HEADER_ENCODING_FLAGS = "X-Loki-Response-Encoding-Flags"
 HEADER_IDEMPOTENCY_KEY = "Idempotency-Key"
 HEADER_TICKET = "X-Loki-Ticket"
 TICKETS_PATH = "/loki/api/v1/tickets"
+COPROCESSOR_PATH = "/coprocessor/v1"
 MAX_POINTS = 11_000
 ERR_INSTANT_LOG_QUERY = (
     "log queries are not supported as an instant query type, please change your query to "
@@ -270,6 +274,7 @@ class API:
         self.ingester: Any = None
         self.tickets: Tickets | None = None
         self.split_results: SplitResults | None = None
+        self.coprocessors: Registry | None = None
         self.ready = ready
 
     def tenant(self, request: web.Request) -> str:
@@ -319,6 +324,8 @@ class API:
             r.add_get(TICKETS_PATH + "/{id}/status", self.handle_ticket_status)
             r.add_get(TICKETS_PATH + "/{id}/partial", self.handle_ticket_partial)
             r.add_post(TICKETS_PATH + "/{id}/stop", self.handle_ticket_stop)
+            r.add_get(COPROCESSOR_PATH + "/plugins", self.handle_coprocessor_plugins)
+            r.add_post(COPROCESSOR_PATH + "/{name}", self.handle_coprocessor)
         return app
 
     @web.middleware
@@ -440,6 +447,7 @@ class API:
             direction=_direction_param(params),
             no_cache=_no_cache(request),
             categorize=_categorize(request),
+            **_coprocessor_params(request, params),
         )
         return await self._answer(request, req, params)
 
@@ -462,6 +470,7 @@ class API:
             no_cache=_no_cache(request),
             instant=True,
             categorize=_categorize(request),
+            **_coprocessor_params(request, params),
         )
         return await self._answer(request, req, params)
 
@@ -566,6 +575,40 @@ class API:
         tenant = self.tenant(request)
         listed = await self._tickets().list(tenant)
         return _json({"status": "success", "data": [status_json(t, x) for t, x in listed]})
+
+    # ------------------------------------------------------------------ coprocessors
+
+    def _registry(self) -> Registry:
+        if self.coprocessors is None:
+            raise Unavailable("coprocessors are starting")
+        return self.coprocessors
+
+    async def handle_coprocessor_plugins(self, request: web.Request) -> web.Response:
+        """Every plugin file: name, version, API version, state, hooks, load error."""
+        self.tenant(request)
+        registry = self._registry()
+        return _json(
+            {
+                "status": "success",
+                "data": {
+                    "api_version": API_VERSION,
+                    "directory": str(registry.directory),
+                    "plugins": registry.listing(),
+                },
+            }
+        )
+
+    async def handle_coprocessor(self, request: web.Request) -> web.Response:
+        """``POST /coprocessor/v1/{name}``: the plugin's ``handle`` next to the data."""
+        tenant = self.tenant(request)
+        body = await request.read()
+        out = await self._registry().handle(
+            request.match_info["name"], body, PluginHost(self._frontend(), tenant)
+        )
+        # Plugins answer bytes; most answer JSON, which clients should see as such.
+        json_body = out.lstrip()[:1] in (b"{", b"[")
+        ctype = "application/json" if json_body else "application/octet-stream"
+        return web.Response(body=out, content_type=ctype)
 
     async def handle_format_query(self, request: web.Request) -> web.Response:
         params, _ = await self._params(request)
@@ -752,6 +795,15 @@ class API:
         return self.querier
 
 
+def _coprocessor_params(request: web.Request, params: Any) -> dict[str, str]:
+    """Which coprocessors a query uses (``coprocessors=none|a,b|-a``) and the versions
+    it requires (``X-Coprocessor-Version`` header or ``coprocessor_version`` parameter)."""
+    versions = "; ".join(request.headers.getall(HEADER_COPROCESSOR_VERSION, []))
+    if params.get("coprocessor_version"):
+        versions = "; ".join(v for v in (versions, params["coprocessor_version"]) if v)
+    return {"coprocessors": params.get("coprocessors", ""), "coprocessor_versions": versions}
+
+
 def _categorize(request: web.Request) -> bool:
     flags = request.headers.get(HEADER_ENCODING_FLAGS, "")
     return "categorize-labels" in [f.strip() for f in flags.split(",")]
@@ -776,6 +828,8 @@ def query_response(
     if exec_s is None:
         exec_s = time.perf_counter() - res.stats.started
     data["stats"] = _stats(res.stats, returned, exec_s, queue_s)
+    if res.coprocessors:
+        data["stats"]["coprocessor"] = res.coprocessors
     return {"status": "success", "data": data}
 
 

@@ -132,7 +132,8 @@ def progress_line(status: dict[str, Any]) -> str:
     """``[#####-----] 412/720 splits, 3 cached, 0 skipped, 12.3 MB processed``."""
     p, s = status.get("progress", {}), status.get("stats", {})
     total, done = p.get("splits_total", 0), p.get("splits_done", 0)
-    filled = BAR_WIDTH * done // total if total else 0
+    # Splits a coprocessor skipped are finished too: nothing to run.
+    filled = BAR_WIDTH * (done + p.get("splits_skipped", 0)) // total if total else 0
     bar = "#" * filled + "-" * (BAR_WIDTH - filled)
     mb = s.get("bytes_processed", 0) / 1e6
     return (

@@ -20,6 +20,8 @@ from typing import Any, Protocol
 from . import bus, metrics
 from .chunk import encode_metadata
 from .config import LimitsConfig
+from .coprocessor import StreamSummary
+from .coprocessor_host import Registry
 from .errors import LokiError, RateLimited, Unavailable, ValidationError
 from .labels import fingerprint
 from .logproto import PushStream, format_labels
@@ -80,8 +82,15 @@ class RingReader(Protocol):
 class Distributor:
     """Validate, rate-limit and replicate pushes. Stateless apart from the rate limiters."""
 
-    def __init__(self, limits: LimitsConfig, ring: RingReader, ingesters: IngesterClient) -> None:
+    def __init__(
+        self,
+        limits: LimitsConfig,
+        ring: RingReader,
+        ingesters: IngesterClient,
+        coprocessors: Registry | None = None,
+    ) -> None:
         self.limits = limits
+        self.coprocessors = coprocessors
         self.ring = ring
         self.ingesters = ingesters
         self._buckets: dict[str, TokenBucket] = {}
@@ -117,6 +126,15 @@ class Distributor:
             await self._replicate(tenant, valid)
             metrics.LINES_RECEIVED.labels(tenant).inc(total_lines)
             metrics.BYTES_RECEIVED.labels(tenant).inc(total_bytes)
+            if self.coprocessors is not None and self.coprocessors.wants("post_push"):
+                self.coprocessors.post_push(
+                    tenant,
+                    [
+                        StreamSummary(s.labels, len(s.ts), len(s.blob), min(s.ts), max(s.ts))
+                        for s in valid
+                        if len(s.ts)
+                    ],
+                )
         if problems:
             raise ValidationError("\n".join(problems))
         # An empty push (no streams, or streams without entries) succeeds, as in Loki.

@@ -32,6 +32,8 @@ import zstandard
 
 from . import bus
 from .config import Config, format_duration
+from .coprocessor import CoprocessorError, IndexStats, LogStream
+from .coprocessor_host import Registry, Session, new_query_id, plan_splits
 from .errors import BadRequest, CorruptDataError, QueryTimeout
 from .logql import parse_expr
 from .logql.ast import (
@@ -53,7 +55,7 @@ from .logql.engine import (
 )
 from .logql.pipeline import LineLabels
 from .objstore import ObjectClient
-from .querier import BACKWARD, Querier, QueryStats, StreamResult, _limit
+from .querier import BACKWARD, FORWARD, Querier, QueryStats, StreamResult, _limit
 
 NS = 10**9
 
@@ -74,6 +76,8 @@ class QueryRequest:
     no_cache: bool = False  # Cache-Control: no-cache: neither read nor fill the results cache
     instant: bool = False  # /query: one evaluation at `end`
     categorize: bool = False  # answer with the categorize-labels encoding
+    coprocessors: str = ""  # which plugins run: "" all, "none", "a,b", "-a,-b"
+    coprocessor_versions: str = ""  # required plugin versions: "traceid>=1.2,<2; ..."
 
     @property
     def is_log(self) -> bool:
@@ -105,6 +109,8 @@ class QueryRequest:
             self.instant,
             self.categorize,
             self.no_cache,
+            self.coprocessors,
+            self.coprocessor_versions,
         )
         return hashlib.sha256(msgpack.packb(key)).hexdigest()[:32]
 
@@ -125,6 +131,7 @@ class QueryResult:
     streams: list[StreamResult] | None = None
     value: Any = None
     stats: QueryStats = field(default_factory=QueryStats)
+    coprocessors: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 class _SplitSource:
@@ -203,8 +210,29 @@ class Planner:
             max_series=self.max_series,
         )
 
+    async def apply_coprocessors(
+        self, req: QueryRequest, splits: list[Split], session: Session | None, query_id: str
+    ) -> tuple[list[Split | None], dict[str, dict[str, int]]]:
+        """The coprocessors' ``pre_query`` verdict on every split: None for a skipped
+        split, a smaller Split for a narrowed one; and what each plugin did."""
+        planned = await plan_splits(
+            session,
+            tenant=req.tenant,
+            query=req.query,
+            expr=req.expr,
+            kind="log" if req.is_log else "instant" if req.instant else "metric",
+            query_start=req.start,
+            query_end=req.end,
+            step=req.step,
+            query_id=query_id,
+            splits=[(s.start, s.end) for s in splits],
+        )
+        return [Split(*r) if r else None for r in planned.ranges], planned.counts
+
     def merge(self, req: QueryRequest, parts: list[Any]) -> Any:
-        """Merge split results given in plan order."""
+        """Merge split results given in plan order (none: the query's empty result)."""
+        if not parts and not req.is_log:
+            return Vector([]) if req.instant else Matrix([])
         if req.is_log:
             by_key: dict[str, StreamResult] = {}
             for part in parts:
@@ -392,9 +420,14 @@ class Frontend:
     """The sync query path: limits, plan, concurrent split execution, merge, cache."""
 
     def __init__(
-        self, cfg: Config, querier: Querier, split_results: SplitResults | None = None
+        self,
+        cfg: Config,
+        querier: Querier,
+        split_results: SplitResults | None = None,
+        registry: Registry | None = None,
     ) -> None:
         self.cfg = cfg
+        self.registry = registry
         lim = cfg.limits_config
         self.planner = Planner(
             querier, int(lim.split_queries_by_interval_s * NS), lim.max_query_series
@@ -418,6 +451,7 @@ class Frontend:
                 f"max entries limit per query exceeded, limit > max_entries_limit_per_query "
                 f"({req.limit} > {lim.max_entries_limit_per_query})"
             )
+        self.session(req)  # the plugin list and version constraints can be met
         matchers = sum(len(e.matchers) for e in walk(req.expr) if isinstance(e, LogSelectorExpr))
         if matchers > lim.max_streams_matchers_per_query > 0:
             raise BadRequest(
@@ -425,16 +459,35 @@ class Frontend:
                 f"({matchers} > {lim.max_streams_matchers_per_query})"
             )
 
+    def session(self, req: QueryRequest, *, strict: bool = True) -> Session | None:
+        """The coprocessors ``req`` runs with (None if there is no registry). BadRequest
+        when the request's plugin list or version constraints cannot be met."""
+        if self.registry is None:
+            if req.coprocessor_versions.strip():
+                raise BadRequest(
+                    "coprocessors are not enabled on this server, but the request requires "
+                    + req.coprocessor_versions.strip()
+                )
+            return None
+        return self.registry.session(req.coprocessors, req.coprocessor_versions, strict=strict)
+
     async def run(self, req: QueryRequest) -> QueryResult:
         self.validate(req)
         stats = QueryStats()
         timeout = self.cfg.limits_config.query_timeout_s
+        session = self.session(req)
         try:
-            async with asyncio.timeout(timeout or None):
-                if req.is_log:
-                    parts = await self._run_log(req, stats)
-                else:
-                    parts = await self._run_metric(req, stats)
+            with session or contextlib.nullcontext():
+                async with asyncio.timeout(timeout or None):
+                    splits = self.planner.plan(req)
+                    stats.splits += len(splits)
+                    planned, _ = await self.planner.apply_coprocessors(
+                        req, splits, session, new_query_id()
+                    )
+                    if req.is_log:
+                        parts = await self._run_log(req, stats, planned)
+                    else:
+                        parts = await self._run_metric(req, stats, planned)
         except TimeoutError:
             raise QueryTimeout(
                 "request timed out, decrease the duration of the request or add more label "
@@ -442,18 +495,20 @@ class Frontend:
                 "processed"
             ) from None
         value = self.planner.merge(req, parts)
+        counts = session.report() if session is not None else {}
         if req.is_log:
-            return QueryResult(streams=value, stats=stats)
-        return QueryResult(value=value, stats=stats)
+            return QueryResult(streams=value, stats=stats, coprocessors=counts)
+        return QueryResult(value=value, stats=stats, coprocessors=counts)
 
     def _parallelism(self) -> int:
         return max(self.cfg.limits_config.max_query_parallelism, 1)
 
-    async def _run_log(self, req: QueryRequest, stats: QueryStats) -> list[Any]:
+    async def _run_log(
+        self, req: QueryRequest, stats: QueryStats, splits: list[Split | None]
+    ) -> list[Any]:
         """Run splits in direction order, up to ``parallelism`` at a time; stop once the
-        splits finished in order hold ``limit`` entries (later splits cannot contribute)."""
-        splits = self.planner.plan(req)
-        stats.splits += len(splits)
+        splits finished in order hold ``limit`` entries (later splits cannot contribute).
+        Skipped splits (None) count as empty."""
         results: list[Any] = [None] * len(splits)
         tasks: dict[int, asyncio.Task[Any]] = {}
         nxt = 0
@@ -465,11 +520,12 @@ class Frontend:
         try:
             while done_prefix < len(splits):
                 while nxt < len(splits) and len(tasks) < width:
-                    tasks[nxt] = asyncio.ensure_future(
-                        self.planner.execute(req, splits[nxt], stats)
-                    )
+                    split = splits[nxt]
+                    if split is not None:
+                        tasks[nxt] = asyncio.ensure_future(self.planner.execute(req, split, stats))
                     nxt += 1
-                results[done_prefix] = await tasks.pop(done_prefix)
+                task = tasks.pop(done_prefix, None)
+                results[done_prefix] = [] if task is None else await task
                 have += sum(len(s.entries) for s in results[done_prefix])
                 done_prefix += 1
                 if have >= req.limit:
@@ -483,9 +539,9 @@ class Frontend:
                     await t
         return [r for r in results[:done_prefix]]
 
-    async def _run_metric(self, req: QueryRequest, stats: QueryStats) -> list[Any]:
-        splits = self.planner.plan(req)
-        stats.splits += len(splits)
+    async def _run_metric(
+        self, req: QueryRequest, stats: QueryStats, splits: list[Split | None]
+    ) -> list[Any]:
         sem = asyncio.Semaphore(self._parallelism())
         fresh_until = fresh_boundary(self.cfg)
 
@@ -511,4 +567,64 @@ class Frontend:
                     await self.split_results.put(key, encode_split(value))
             return value
 
-        return list(await asyncio.gather(*(one(s) for s in splits)))
+        return list(await asyncio.gather(*(one(s) for s in splits if s is not None)))
+
+
+class PluginHost:
+    """What a coprocessor's ``handle`` may do with one tenant's data (the SDK's ``Host``):
+    log queries through the frontend, under the tenant's limits, with coprocessors off
+    (a plugin cannot call itself), and index statistics."""
+
+    def __init__(self, frontend: Frontend, tenant: str) -> None:
+        self.frontend = frontend
+        self.tenant = tenant
+
+    async def select_logs(
+        self,
+        query: str,
+        start_ns: int,
+        end_ns: int,
+        *,
+        limit: int = 1000,
+        direction: str = BACKWARD,
+    ) -> list[LogStream]:
+        try:
+            expr = parse_expr(query)
+            if not isinstance(expr, LogSelectorExpr):
+                raise BadRequest(f"select_logs needs a log query, got a metric query: {query}")
+            if direction not in (BACKWARD, FORWARD):
+                raise BadRequest(f"direction must be backward or forward, got {direction!r}")
+            if not 0 <= start_ns < end_ns:
+                raise BadRequest("the end of the range must be after its start")
+            req = QueryRequest(
+                self.tenant,
+                query,
+                expr,
+                start_ns,
+                end_ns,
+                limit=limit,
+                direction=direction,
+                coprocessors="none",
+            )
+            res = await self.frontend.run(req)
+        except BadRequest as e:
+            raise CoprocessorError("invalid_request", e.message) from None
+        return [
+            LogStream(
+                dict(s.labels.labels),
+                [(ts, line.decode("utf-8", "replace")) for ts, line in s.entries],
+            )
+            for s in res.streams or []
+        ]
+
+    async def index_stats(self, selector: str, start_ns: int, end_ns: int) -> IndexStats:
+        try:
+            streams = await self.frontend.planner.querier.chunk_stats(
+                self.tenant, selector, start_ns, end_ns
+            )
+        except BadRequest as e:
+            raise CoprocessorError("invalid_request", e.message) from None
+        chunks = [c for cs in streams.values() for c in cs]
+        return IndexStats(
+            len(streams), len(chunks), sum(c[2] for c in chunks), sum(c[3] for c in chunks)
+        )

@@ -28,6 +28,8 @@ from typing import Any
 from . import bus, metrics
 from .chunk import Block, Codec, CompressedBlock, build_block, decode_block, encode_chunk
 from .config import IngesterConfig
+from .coprocessor import FlushedChunk
+from .coprocessor_host import Registry
 from .labels import label_map
 from .logql import parse_log_selector
 from .logql.pipeline import Pipeline, compile_pipeline
@@ -149,9 +151,17 @@ class Ingester:
     """Holds recent data of the streams the ring assigns to it. Owns its WAL directory."""
 
     def __init__(
-        self, cfg: IngesterConfig, *, store: Store, nc: Any, lifecycler: Lifecycler, wal: WAL | None
+        self,
+        cfg: IngesterConfig,
+        *,
+        store: Store,
+        nc: Any,
+        lifecycler: Lifecycler,
+        wal: WAL | None,
+        coprocessors: Registry | None = None,
     ) -> None:
         self.cfg = cfg
+        self.coprocessors = coprocessors
         self.store = store
         self.nc = nc
         self.lifecycler = lifecycler
@@ -290,8 +300,14 @@ class Ingester:
             async def upload(s: Stream, c: MemChunk) -> ChunkRef:
                 data = encode_chunk(c.blocks)
                 key = chunk_key(s.tenant, s.fp, c.mint, c.maxt, data)
+                flushed = None
+                if self.coprocessors is not None:
+                    flushed = FlushedChunk(s.tenant, s.labels, c.mint, c.maxt, c.entries, data)
+                    await self.coprocessors.pre_flush(flushed)
                 async with sem:
                     written = await self.store.put_chunk(key, data)
+                if flushed is not None and self.coprocessors is not None:
+                    await self.coprocessors.post_flush(flushed, key)
                 if not written:
                     metrics.INGESTER_CHUNKS_DEDUPED.inc()
                 metrics.INGESTER_CHUNKS_FLUSHED.labels(c.close_reason).inc()

@@ -10,6 +10,7 @@
 | querier         | nats, store, ring       | selects from ingesters and store               |
 | query-frontend  | querier                 | read API, async tickets                        |
 | querier-worker  | querier                 | runs async queries from JetStream (workers/)   |
+| (coprocessors)  |                         | every process: the plugin registry             |
 | server          |                         | HTTP: /ready, /metrics, routes of the above    |
 
 Targets: ``all`` = distributor + ingester + query-frontend + querier-worker; ``read`` =
@@ -31,6 +32,7 @@ from aiohttp import web
 from . import bus
 from .api import API
 from .config import Config
+from .coprocessor_host import Registry
 from .distributor import Distributor, NATSIngesterClient
 from .frontend import Frontend, SplitResults
 from .ingester import Ingester
@@ -114,6 +116,7 @@ class App:
         self.distributor: Distributor | None = None
         self.querier: Querier | None = None
         self.worker: QuerierWorker | None = None
+        self.coprocessors: Registry | None = None
         self._runner: web.AppRunner | None = None
         self.port = cfg.server.http_listen_port
         self._started = False
@@ -160,6 +163,9 @@ class App:
                 url = self.embedded.url
             self.nc = await bus.connect(url, f"loki-async-{cfg.target}")
         js = self.nc.jetstream() if self.nc is not None else None
+        self.coprocessors = Registry(cfg.coprocessors)
+        await self.coprocessors.start()
+        self.api.coprocessors = self.coprocessors
         if "store" in self.modules:
             self.objects = new_object_client(cfg)
             await self.objects.start()
@@ -189,6 +195,7 @@ class App:
                     num_tokens=lc.num_tokens,
                     heartbeat_period_s=lc.heartbeat_period_s,
                 ),
+                coprocessors=self.coprocessors,
             )
             await self.ingester.start()
         if "distributor" in self.modules:
@@ -197,6 +204,7 @@ class App:
                 cfg.limits_config,
                 self.ring,
                 NATSIngesterClient(self.nc, cfg.nats.request_timeout_s),
+                self.coprocessors,
             )
             if self.ingester is not None:
                 await self.ring.wait_for_healthy(1, 10)
@@ -234,7 +242,7 @@ class App:
             split_cache_ttl_s=cfg.querier_worker.split_cache_ttl_s,
         )
         split_results = SplitResults(res["split_cache"], self.objects)
-        frontend = Frontend(cfg, self.querier, split_results)
+        frontend = Frontend(cfg, self.querier, split_results, self.coprocessors)
         tickets = Tickets(
             nc=self.nc,
             js=js,
@@ -281,6 +289,8 @@ class App:
             await self.ingester.stop()
         if self.ring is not None:
             await self.ring.stop()
+        if self.coprocessors is not None:
+            await self.coprocessors.stop()
         if self.objects is not None:
             await self.objects.stop()
         if self.nc is not None:

@@ -23,9 +23,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import bus
+from . import bus, coprocessor_host
 from .chunk import Block, ChunkReader, Codec, build_block, decode_block
 from .config import QuerierConfig
+from .coprocessor import ChunkRef as PluginChunkRef
+from .coprocessor import IndexRequest
 from .ingester import piece_block
 from .labels import label_map
 from .logql import parse_log_selector
@@ -33,7 +35,7 @@ from .logql.ast import Expr, LogSelectorExpr, Matcher, RangeAggregationExpr
 from .logql.engine import SampleSeries
 from .logql.pipeline import LineLabels, compile_pipeline, compile_sample_extractor
 from .ring import Ring
-from .store import Store
+from .store import ChunkRef, Store
 
 FORWARD, BACKWARD = "forward", "backward"
 FLUSH_TIMEOUT_S = 600.0
@@ -123,7 +125,6 @@ class Querier:
         """Per matching stream, its blocks holding entries with start <= ts < end, sorted
         by time and free of duplicates. Blocks may hold entries outside the range: callers
         slice with ``Block.range_indexes``. ``may_match(blob)`` False skips a block."""
-        matchers = expr.matchers
         by_stream: dict[str, list[Block]] = {}
         if self._ingesters_needed(end):
             replies = await self._ask_ingesters(
@@ -138,14 +139,7 @@ class Querier:
                     b = piece_block(piece)
                     if len(b):
                         by_stream.setdefault(piece[0], []).append(b)
-        series = await self.store.series(tenant, start, end - 1)
-        fetches = [
-            (s.labels, ref)
-            for s in series.values()
-            if _match(matchers, s.labels)
-            for ref in s.chunks.values()
-            if ref.mint < end and ref.maxt >= start
-        ]
+        fetches = await self._chunk_refs(tenant, expr, start, end)
         stats.chunks_ref += len(fetches)
         chunks = await asyncio.gather(*(self._fetch(ref.key) for _, ref in fetches))
         for (labels, _), data in zip(fetches, chunks, strict=True):
@@ -161,6 +155,37 @@ class Querier:
                     continue
                 by_stream.setdefault(labels, []).append(b)
         return {labels: _dedupe(blocks) for labels, blocks in by_stream.items()}
+
+    async def _chunk_refs(
+        self, tenant: str, expr: LogSelectorExpr, start: int, end: int
+    ) -> list[tuple[str, ChunkRef]]:
+        """(labels, chunk) of the store's chunks of matching streams that overlap
+        [start, end), less what the query's coprocessors veto."""
+        session = coprocessor_host.current()
+        if session is not None and session.with_hook("pre_get_index"):
+            v = await session.pre_get_index(
+                IndexRequest(tenant, coprocessor_host.selector_of(expr), start, end)
+            )
+            if v.skipped:
+                return []
+            start, end = v.start, v.end
+        series = await self.store.series(tenant, start, end - 1)
+        fetches = [
+            (s.labels, ref)
+            for s in series.values()
+            if _match(expr.matchers, s.labels)
+            for ref in s.chunks.values()
+            if ref.mint < end and ref.maxt >= start
+        ]
+        if session is not None and session.with_hook("pre_get_chunk"):
+            wanted = await session.pre_get_chunk(
+                [
+                    PluginChunkRef(tenant, labels, r.key, r.mint, r.maxt, r.entries, r.size)
+                    for labels, r in fetches
+                ]
+            )
+            fetches = [f for f, keep in zip(fetches, wanted, strict=True) if keep]
+        return fetches
 
     async def _fetch(self, key: str) -> bytes:
         async with self._fetch_sem:

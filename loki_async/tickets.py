@@ -39,13 +39,13 @@ from .frontend import (
     Planner,
     QueryRequest,
     QueryResult,
+    Split,
     SplitResults,
     cache_key,
     cacheable,
     decode_split,
     private_key,
 )
-from .logql.engine import Matrix, Vector
 from .objstore import ObjectClient
 from .querier import QueryStats
 
@@ -107,7 +107,10 @@ class Execution:
     splits_done: int = 0
     splits_skipped: int = 0
     splits_cached: int = 0
-    coprocessors: dict[str, int] = field(default_factory=dict)
+    coprocessors: dict[str, dict[str, int]] = field(default_factory=dict)  # per plugin
+    decided: bool = False  # the coprocessors' verdicts below are final
+    skipped: bytes = b""  # bitmap: bit i set if a coprocessor skipped split i
+    narrowed: list[list[int]] = field(default_factory=list)  # [i, start, end] per narrowed split
     done: bytes = b""  # bitmap: bit i set once split i's result is stored
     interval_ns: int = 0  # the split interval it was planned with
     fresh_until_ns: int = 0  # splits ending before this were cacheable
@@ -128,12 +131,38 @@ class Execution:
         return self.state not in TERMINAL
 
     def split_done(self, index: int) -> bool:
-        return index // 8 < len(self.done) and bool(self.done[index // 8] >> (index % 8) & 1)
+        return _bit(self.done, index)
 
     def mark_done(self, index: int) -> None:
-        bits = bytearray(self.done.ljust(index // 8 + 1, b"\0"))
-        bits[index // 8] |= 1 << (index % 8)
-        self.done = bytes(bits)
+        self.done = _with_bit(self.done, index)
+
+    def split_skipped(self, index: int) -> bool:
+        return _bit(self.skipped, index)
+
+    def record_verdicts(
+        self, plan: list[Split], planned: list[Split | None], counts: dict[str, dict[str, int]]
+    ) -> None:
+        """Keep the coprocessors' verdicts, so every later reader plans the same."""
+        self.decided = True
+        self.coprocessors = counts
+        self.skipped = b""
+        self.narrowed = []
+        for i, (s, p) in enumerate(zip(plan, planned, strict=True)):
+            if p is None:
+                self.skipped = _with_bit(self.skipped, i)
+            elif p != s:
+                self.narrowed.append([i, p.start, p.end])
+        self.splits_skipped = sum(1 for p in planned if p is None)
+
+
+def _bit(bits: bytes, index: int) -> bool:
+    return index // 8 < len(bits) and bool(bits[index // 8] >> (index % 8) & 1)
+
+
+def _with_bit(bits: bytes, index: int) -> bytes:
+    out = bytearray(bits.ljust(index // 8 + 1, b"\0"))
+    out[index // 8] |= 1 << (index % 8)
+    return bytes(out)
 
 
 def ticket_key(tenant: str, ticket_id: str) -> str:
@@ -172,7 +201,7 @@ def status_json(t: Ticket, x: Execution) -> dict[str, Any]:
             "splits_done": x.splits_done,
             "splits_skipped": x.splits_skipped,
             "splits_cached": x.splits_cached,
-            "coprocessors": {name: {"skipped": n} for name, n in x.coprocessors.items()},
+            "coprocessors": x.coprocessors,
         },
         "stats": {
             "bytes_processed": stats.get("ingester_bytes", 0) + stats.get("store_bytes", 0),
@@ -569,13 +598,31 @@ class Tickets:
         return n
 
 
-def split_keys(req: QueryRequest, planner: Planner, x: Execution) -> list[str]:
+def planned_splits(req: QueryRequest, planner: Planner, x: Execution) -> list[Split | None]:
+    """The splits of an execution in plan order, after the coprocessors' verdicts: None
+    for a skipped split, the narrowed range for a narrowed one."""
+    plan: list[Split | None] = list(
+        Planner(planner.querier, x.interval_ns, planner.max_series).plan(req)
+    )
+    for i in range(len(plan)):
+        if x.split_skipped(i):
+            plan[i] = None
+    for i, start, end in x.narrowed:
+        plan[i] = Split(start, end)
+    return plan
+
+
+def split_keys(req: QueryRequest, planner: Planner, x: Execution) -> list[str | None]:
     """Where each split of an execution keeps its result, in plan order: the shared
-    split cache for splits that can no longer change, a private key for the rest."""
-    plan = Planner(planner.querier, x.interval_ns, planner.max_series).plan(req)
+    split cache for splits that can no longer change, a private key for the rest, None
+    for a skipped split."""
     return [
-        cache_key(req, s) if cacheable(req, s, x.fresh_until_ns) else private_key(x.tenant, x.id, i)
-        for i, s in enumerate(plan)
+        None
+        if s is None
+        else cache_key(req, s)
+        if cacheable(req, s, x.fresh_until_ns)
+        else private_key(x.tenant, x.id, i)
+        for i, s in enumerate(planned_splits(req, planner, x))
     ]
 
 
@@ -596,15 +643,16 @@ async def merge_done(
     sem = asyncio.Semaphore(32)
 
     async def fetch(i: int) -> tuple[int, bytes | None]:
+        key = keys[i]
+        assert key is not None, "BUG: a skipped split is marked done"
         async with sem:
-            return i, await split_results.get(keys[i])
+            return i, await split_results.get(key)
 
     for i, data in await asyncio.gather(*(fetch(i) for i in todo)):
         if data is not None:
             have[i] = data
     parts = [decode_split(have[i]) for i in sorted(have)]
+    merged = planner.merge(req, parts)
     if req.is_log:
-        return QueryResult(streams=planner.merge(req, parts) if parts else [], stats=stats)
-    if not parts:
-        return QueryResult(value=Vector([]) if req.instant else Matrix([]), stats=stats)
-    return QueryResult(value=planner.merge(req, parts), stats=stats)
+        return QueryResult(streams=merged, stats=stats, coprocessors=x.coprocessors)
+    return QueryResult(value=merged, stats=stats, coprocessors=x.coprocessors)

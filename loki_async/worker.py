@@ -59,6 +59,7 @@ from .tickets import (
     Execution,
     Tickets,
     merge_done,
+    planned_splits,
     split_keys,
 )
 
@@ -337,16 +338,24 @@ class QuerierWorker:
         if x is None or not x.is_running:
             return  # deleted or finished meanwhile: nothing to do
         req = QueryRequest.from_wire(x.request)
-        splits = self.planner.plan(req)
+        plan = self.planner.plan(req)
         fresh_until = x.fresh_until_ns or fresh_boundary(self.cfg)
         now = time.time_ns()
+        verdicts = None
+        if not x.decided:
+            # The coprocessors decide once per execution; a redelivery reuses the verdicts.
+            session = self.frontend.session(req, strict=False)
+            with session or contextlib.nullcontext():
+                verdicts = await self.planner.apply_coprocessors(req, plan, session, execution)
 
         def start(e: Execution) -> bool:
             if not e.is_running:
                 return False
+            if verdicts is not None and not e.decided:
+                e.record_verdicts(plan, *verdicts)
             e.state = RUNNING
             e.started_ns = e.started_ns or now
-            e.splits_total = len(splits)
+            e.splits_total = len(plan)
             e.interval_ns = self.planner.interval
             e.fresh_until_ns = fresh_until
             e.deliveries = deliveries
@@ -357,33 +366,38 @@ class QuerierWorker:
         if x is None or not x.is_running:
             return
         metrics.ASYNC_QUERIES.labels(RUNNING).inc()
+        splits = planned_splits(req, self.planner, x)
         keys = split_keys(req, self.planner, x)
-        assert len(keys) == len(splits), "BUG: split keys do not match the plan"
+        assert len(keys) == len(plan), "BUG: split keys do not match the plan"
         stats = QueryStats.from_wire(x.stats)
-        stats.splits = len(splits)
+        stats.splits = len(plan)
 
         # What the split cache (or an earlier delivery of this query) already holds.
         have: dict[int, bytes] = {}
         sem = asyncio.Semaphore(32)
 
-        async def lookup(i: int) -> None:
+        async def lookup(i: int, key: str) -> None:
             async with sem:
-                data = await self.split_results.get(keys[i])
+                data = await self.split_results.get(key)
             if data is not None:
                 have[i] = data
 
         # Private keys can only hold results of an earlier delivery of this execution.
         await asyncio.gather(
-            *(lookup(i) for i, k in enumerate(keys) if deliveries > 1 or k.startswith("c."))
+            *(
+                lookup(i, k)
+                for i, k in enumerate(keys)
+                if k is not None and (deliveries > 1 or k.startswith("c."))
+            )
         )
-        cached = sum(1 for i in have if keys[i].startswith("c."))
-        stats.cache_lookups += sum(1 for k in keys if k.startswith("c."))
+        cached = sum(1 for i in have if str(keys[i]).startswith("c."))
+        stats.cache_lookups += sum(1 for k in keys if k is not None and k.startswith("c."))
         stats.cache_hits += cached
         entries = {i: entry_count(decode_split(have[i])) for i in have} if req.is_log else {}
         done = set(have)
         metrics.WORKER_SPLITS.labels("cached").inc(len(have))
 
-        pending = [i for i in range(len(splits)) if i not in done]
+        pending = [i for i in range(len(splits)) if i not in done and splits[i] is not None]
         outstanding: set[int] = set()
         parallelism = max(self.cfg.limits_config.max_query_parallelism, 1)
         # Log queries start with one split and double, as the sync path does: a limit
@@ -420,7 +434,7 @@ class QuerierWorker:
                 return False
             n = 0
             for i in range(len(splits)):
-                if i not in done:
+                if i not in done and splits[i] is not None:
                     return False
                 n += entries.get(i, 0)
                 if n >= req.limit:
@@ -432,7 +446,7 @@ class QuerierWorker:
             while True:
                 while pending and len(outstanding) < window and not limit_met():
                     i = pending.pop(0)
-                    await self._publish_split(req, x, i, splits[i], keys[i])
+                    await self._publish_split(req, x, i, splits[i], str(keys[i]))
                     outstanding.add(i)
                 if not outstanding:
                     break
@@ -444,7 +458,7 @@ class QuerierWorker:
                     # Completions travel on core NATS and may be lost (a reconnect):
                     # the stored results are the truth.
                     for i in list(outstanding):
-                        data = await self.split_results.get(keys[i])
+                        data = await self.split_results.get(str(keys[i]))
                         if data is not None:
                             outstanding.discard(i)
                             done.add(i)
@@ -510,7 +524,7 @@ class QuerierWorker:
         self,
         req: QueryRequest,
         x: Execution,
-        keys: list[str],
+        keys: list[str | None],
         done: set[int],
         have: dict[int, bytes],
         stats: QueryStats,
@@ -561,9 +575,9 @@ class QuerierWorker:
             if entry.value == x.id.encode():
                 await kv.delete(x.coalesce_key, last=entry.revision)
 
-    async def _cleanup_private(self, x: Execution, keys: list[str]) -> None:
+    async def _cleanup_private(self, x: Execution, keys: list[str | None]) -> None:
         for key in keys:
-            if key.startswith("p."):
+            if key is not None and key.startswith("p."):
                 await self.split_results.delete(key)
 
     # ------------------------------------------------------------------ executor
@@ -603,7 +617,7 @@ class QuerierWorker:
         keepalive = asyncio.create_task(_keep_in_progress(msg, self.wcfg.ack_wait_s))
         stats = QueryStats()
         req = self._request(execution, d["request"])
-        task = asyncio.create_task(self.planner.execute(req, Split(d["start"], d["end"]), stats))
+        task = asyncio.create_task(self._execute_split(req, Split(d["start"], d["end"]), stats))
         running = self._running.setdefault(execution, set())
         running.add(task)
         try:
@@ -650,6 +664,13 @@ class QuerierWorker:
             bus.pack({"index": index, "stats": stats.to_wire(), "entries": entry_count(value)}),
         )
         await _settle(msg.ack())
+
+    async def _execute_split(self, req: QueryRequest, split: Split, stats: QueryStats) -> Any:
+        """One split, with the coprocessors this worker has now (their index and chunk
+        hooks run inside)."""
+        session = self.frontend.session(req, strict=False)
+        with session or contextlib.nullcontext():
+            return await self.planner.execute(req, split, stats)
 
     # ------------------------------------------------------------------ housekeeping
 

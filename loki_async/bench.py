@@ -18,12 +18,22 @@
                    another tenant while that aggregation runs (fairness), and tickets
                    accepted per second. CPU seconds per process are given per phase.
                    Every process it started is stopped at the end.
+``bench trace``    self-contained: starts its own nats-server and one ``-target=all``
+                   process, pushes and flushes 7 days of logfmt lines (3 apps x 4 levels)
+                   that belong to traces with X-Ray and UUIDv7 ids (an id states the time
+                   its trace began), then searches two of those ids
+                   (``{job="bench"} |= "<id>"``, 1h splits) ``--runs`` times each with
+                   coprocessors on and with ``coprocessors=none``: latency, splits
+                   planned, skipped and executed, bytes and lines processed, and one async
+                   run with its ticket's progress. Exits 1 if on and off (or async and
+                   sync) return different results, or a search misses a trace's lines.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gzip
 import json
 import os
@@ -38,9 +48,10 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from .config import IngesterConfig
 from .logproto import PushStream, encode_push_json, encode_push_protobuf
@@ -122,54 +133,68 @@ def make_batches(args: argparse.Namespace) -> tuple[list[bytes], int, int]:
         names = list(systems)
         entries = [(i % args.streams, 0, pool[i % len(pool)]) for i in range(args.lines)]
 
-        def labels(sid: int, _: int) -> list[tuple[str, str]]:
+        def labels(key: tuple[int, int]) -> list[tuple[str, str]]:
+            sid = key[0]
             return [("job", "bench"), ("source", names[sid % len(names)]), ("stream", str(sid))]
     else:
         entries = synthetic_entries(args.lines, fmt=args.line_format)
         job = "bench" if args.line_format == "logfmt" else f"bench-{args.line_format}"
 
-        def labels(app: int, lv: int) -> list[tuple[str, str]]:
-            return [("app", APPS[app]), ("job", job), ("level", LEVELS[lv])]
+        def labels(key: tuple[int, int]) -> list[tuple[str, str]]:
+            return [("app", APPS[key[0]]), ("job", job), ("level", LEVELS[key[1]])]
 
-    bodies: list[bytes] = []
-    raw = 0
-    for n in range(0, args.lines, args.batch):
-        streams: dict[tuple[int, int], PushStream] = {}
-        for idx in range(n, min(n + args.batch, args.lines)):
-            a, b, line = entries[idx]
-            s = streams.get((a, b))
-            if s is None:
-                s = streams[(a, b)] = PushStream(labels(a, b), [], [], None)
-            s.timestamps.append(first + idx * step)
-            s.lines.append(line)
-            raw += len(line)
-        if args.format == "protobuf":
-            body = encode_push_protobuf(list(streams.values()))
-        else:
-            body = encode_push_json(list(streams.values()))
-            if args.format == "gzip":
-                body = gzip.compress(body, 1)
-        bodies.append(body)
+    rows = [(first + idx * step, (a, b), line) for idx, (a, b, line) in enumerate(entries)]
+    bodies, raw = encode_batches(rows, labels, args.batch, args.format)
     return bodies, args.lines, raw
 
 
-async def run_push(args: argparse.Namespace) -> dict[str, Any]:
+def encode_batches(
+    rows: Sequence[tuple[int, Hashable, bytes]],
+    labels: Callable[[Any], list[tuple[str, str]]],
+    batch: int,
+    fmt: str,
+) -> tuple[list[bytes], int]:
+    """Push request bodies (``fmt``: protobuf, json or gzip) of ``batch`` rows each, a
+    row being (timestamp ns, stream key, line) and ``labels(key)`` the stream's labels;
+    returns (bodies, raw line bytes)."""
+    bodies: list[bytes] = []
+    raw = 0
+    for n in range(0, len(rows), batch):
+        streams: dict[Hashable, PushStream] = {}
+        for ts, key, line in rows[n : n + batch]:
+            s = streams.get(key)
+            if s is None:
+                s = streams[key] = PushStream(labels(key), [], [], None)
+            s.timestamps.append(ts)
+            s.lines.append(line)
+            raw += len(line)
+        if fmt == "protobuf":
+            body = encode_push_protobuf(list(streams.values()))
+        else:
+            body = encode_push_json(list(streams.values()))
+            if fmt == "gzip":
+                body = gzip.compress(body, 1)
+        bodies.append(body)
+    return bodies, raw
+
+
+async def push_bodies(
+    url: str, bodies: list[bytes], fmt: str, tenant: str, connections: int
+) -> tuple[list[float], int, float]:
+    """POST ``bodies`` (encoded as ``fmt``) to ``url``'s push endpoint over
+    ``connections`` connections: (sorted latencies in s, failed requests, seconds)."""
     import aiohttp
 
-    bodies, lines, raw = make_batches(args)
-    headers = {
-        "Content-Type": "application/x-protobuf"
-        if args.format == "protobuf"
-        else "application/json"
-    }
-    if args.format == "gzip":
+    ctype = "application/x-protobuf" if fmt == "protobuf" else "application/json"
+    headers = {"Content-Type": ctype}
+    if fmt == "gzip":
         headers["Content-Encoding"] = "gzip"
-    if args.tenant:
-        headers["X-Scope-OrgID"] = args.tenant
+    if tenant:
+        headers["X-Scope-OrgID"] = tenant
     latencies: list[float] = []
     failures = 0
     queue = list(reversed(bodies))
-    conn = aiohttp.TCPConnector(limit=args.connections)
+    conn = aiohttp.TCPConnector(limit=connections)
 
     async with aiohttp.ClientSession(connector=conn) as session:
 
@@ -178,23 +203,26 @@ async def run_push(args: argparse.Namespace) -> dict[str, Any]:
             while queue:
                 body = queue.pop()
                 t0 = time.perf_counter()
-                async with session.post(
-                    f"{args.url}/loki/api/v1/push", data=body, headers=headers
-                ) as r:
+                async with session.post(f"{url}/loki/api/v1/push", data=body, headers=headers) as r:
                     await r.read()
                     if r.status != 204:
                         failures += 1
                         if failures == 1:
-                            print(
-                                f"push failed: {r.status} {await r.text()}",
-                                file=__import__("sys").stderr,
-                            )
+                            print(f"push failed: {r.status} {await r.text()}", file=sys.stderr)
                 latencies.append(time.perf_counter() - t0)
 
         t0 = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(args.connections)))
+        await asyncio.gather(*(worker() for _ in range(connections)))
         elapsed = time.perf_counter() - t0
     latencies.sort()
+    return latencies, failures, elapsed
+
+
+async def run_push(args: argparse.Namespace) -> dict[str, Any]:
+    bodies, lines, raw = make_batches(args)
+    latencies, failures, elapsed = await push_bodies(
+        args.url, bodies, args.format, args.tenant, args.connections
+    )
 
     def pct(p: float) -> float:
         return round(latencies[min(int(p * len(latencies)), len(latencies) - 1)] * 1000, 2)
@@ -344,7 +372,7 @@ SMALL_QUERY = 'count_over_time({job="bench"}[5m])'
 
 def note(msg: str) -> None:
     """A progress note on stderr (stdout carries the JSON only)."""
-    print(f"[bench async {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
 def free_port() -> int:
@@ -577,27 +605,72 @@ class AsyncClient:
         return json.loads(body)["data"]
 
 
-class AsyncBench:
-    """The processes of ``bench async`` and its measurements."""
+@contextlib.contextmanager
+def bench_dir(keep: bool) -> Iterator[Path]:
+    """A new temp dir for the processes' files, removed at the end unless ``keep``."""
+    path = Path(tempfile.mkdtemp(prefix="loki-async-bench-"))
+    try:
+        yield path
+    finally:
+        if keep:
+            note(f"kept {path}")
+        else:
+            shutil.rmtree(path, ignore_errors=True)
 
-    def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
-        self.args = args
+
+def merged(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``extra`` laid over it, mappings merged key by key."""
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+class Cluster:
+    """A nats-server and one ``-target=all`` process in ``workdir``; ``stop`` ends every
+    process it started."""
+
+    def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.children: list[Child] = []
-        self.workers: list[Child] = []
         self.nats_url = ""
         self.main: Child | None = None
 
-    # ------------------------------------------------------------------ processes
-
-    def start(self) -> None:
+    def start(self, concurrency: int = 0, extra: dict[str, Any] | None = None) -> None:
+        """Start both; ``concurrency`` 0: the ``-target=all`` process runs no querier
+        worker; ``extra`` is laid over ``loki_config``."""
         nats_child, self.nats_url = start_nats(self.workdir)
         self.children.append(nats_child)
         note(f"nats-server at {self.nats_url}, store in {self.workdir}")
-        cfg = loki_config(self.workdir, self.nats_url, free_port(), 0)
-        self.main = start_loki(self.workdir, "frontend", "all", cfg)
+        cfg = loki_config(self.workdir, self.nats_url, free_port(), concurrency)
+        self.main = start_loki(self.workdir, "frontend", "all", merged(cfg, extra or {}))
         self.children.append(self.main)
-        note(f"-target=all (no workers) at {self.main.url}")
+        note(f"-target=all ({concurrency or 'no'} worker slots) at {self.main.url}")
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        for child in reversed(self.children):
+            try:
+                stop_child(child)
+            except Exception as e:  # keep stopping the others
+                note(f"stopping {child.name} failed: {e!r}")
+        self.children.clear()
+
+
+class AsyncBench(Cluster):
+    """The processes of ``bench async`` and its measurements."""
+
+    def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
+        super().__init__(workdir)
+        self.args = args
+        self.workers: list[Child] = []
+
+    # ------------------------------------------------------------------ processes
 
     def set_workers(self, n: int) -> None:
         """Start or stop querier-worker processes until ``n`` run."""
@@ -616,12 +689,7 @@ class AsyncBench:
         note(f"{n} querier-worker process(es) running")
 
     def stop(self) -> None:
-        for child in reversed(self.children):
-            try:
-                stop_child(child)
-            except Exception as e:  # keep stopping the others
-                note(f"stopping {child.name} failed: {e!r}")
-        self.children.clear()
+        super().stop()
         self.workers.clear()
 
     # ------------------------------------------------------------------ data
@@ -647,32 +715,16 @@ class AsyncBench:
             if r["failed"]:
                 raise RuntimeError(f"{r['failed']} push requests failed for {tenant}")
             out[tenant] = {k: r[k] for k in ("lines", "seconds", "lines_per_s", "mb_per_s")}
-        t0 = time.perf_counter()
-        note("flushing the ingester to the store (POST /flush)")
-        async with aiohttp_session() as session:
-            async with session.post(f"{self.main.url}/flush") as r:
-                if r.status != 204:
-                    raise RuntimeError(f"flush failed: {r.status} {await r.text()}")
-            flush_s = time.perf_counter() - t0
-            # The store alone must now hold every entry pushed (nothing left in memory).
-            now = time.time_ns()
-            for tenant, lines in ((TENANT_A, self.args.lines), (TENANT_B, self.args.lines_b)):
-                params = {
-                    "query": '{job="bench"}',
-                    "start": str(now - int((self.args.days + 1) * DAY_NS)),
-                    "end": str(now),
-                }
-                async with session.get(
-                    f"{self.main.url}/loki/api/v1/index/stats",
-                    params=params,
-                    headers={"X-Scope-OrgID": tenant},
-                ) as r:
-                    st = await r.json()
-                out[tenant]["chunks"] = st["chunks"]
-                if st["entries"] != lines:
-                    note(f"warning: {tenant} index holds {st['entries']} entries of {lines}")
-        out["flush_s"] = round(flush_s, 2)
-        note(f"flushed in {flush_s:.1f}s: {out[TENANT_A]['chunks']} chunks for {TENANT_A}")
+        now = time.time_ns()
+        stored = await flush_store(
+            self.main.url,
+            {TENANT_A: self.args.lines, TENANT_B: self.args.lines_b},
+            now - int((self.args.days + 1) * DAY_NS),
+            now,
+        )
+        for tenant in (TENANT_A, TENANT_B):
+            out[tenant]["chunks"] = stored[tenant]["chunks"]
+        out["flush_s"] = stored["flush_s"]
         return out
 
     # ------------------------------------------------------------------ measurements
@@ -905,12 +957,37 @@ def aiohttp_session() -> Any:
     )
 
 
+async def flush_store(url: str, expected: dict[str, int], start: int, end: int) -> dict[str, Any]:
+    """``POST /flush`` (it answers once the ingester's chunks are in the store), then per
+    tenant the entries and chunks the index holds for ``{job="bench"}`` over [start, end]:
+    the store alone must now hold every entry pushed (a warning note if not)."""
+    t0 = time.perf_counter()
+    note("flushing the ingester to the store (POST /flush)")
+    out: dict[str, Any] = {}
+    async with aiohttp_session() as session:
+        async with session.post(f"{url}/flush") as r:
+            if r.status != 204:
+                raise RuntimeError(f"flush failed: {r.status} {await r.text()}")
+        out["flush_s"] = round(time.perf_counter() - t0, 2)
+        for tenant, lines in expected.items():
+            params = {"query": '{job="bench"}', "start": str(start), "end": str(end)}
+            headers = {"X-Scope-OrgID": tenant}
+            async with session.get(
+                f"{url}/loki/api/v1/index/stats", params=params, headers=headers
+            ) as r:
+                st = await r.json()
+            out[tenant] = {"chunks": st["chunks"], "entries": st["entries"]}
+            if st["entries"] != lines:
+                note(f"warning: {tenant} index holds {st['entries']} entries of {lines}")
+    first = next(iter(expected), "")
+    note(f"flushed in {out['flush_s']:.1f}s: {out[first]['chunks']} chunks for {first}")
+    return out
+
+
 async def run_async(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     """Start the processes, load data, measure; every process is stopped at the end."""
-    workdir = Path(tempfile.mkdtemp(prefix="loki-async-bench-"))
-    bench = AsyncBench(args, workdir)
-    t_start = time.perf_counter()
-    try:
+    with bench_dir(args.keep) as workdir, AsyncBench(args, workdir) as bench:
+        t_start = time.perf_counter()
         bench.start()
         result: dict[str, Any] = {
             "bench": "async",
@@ -956,12 +1033,306 @@ async def run_async(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]
             result["tickets_per_s"] = await bench.tickets_per_s(c)
         result["total_s"] = round(time.perf_counter() - t_start, 1)
         return result
-    finally:
-        bench.stop()
-        if args.keep:
-            note(f"kept {workdir}")
+
+
+# --------------------------------------------------------------------------- bench trace
+
+TRACE_APPS = ("api", "web", "db")
+TRACE_MAX_S = 600  # the longest trace of the data
+TRACE_LINES = (3, 12)  # lines per trace, drawn uniformly
+TRACE_TENANT = TENANT_A
+TRACE_SPLIT = "1h"
+TRACEID_OPTIONS = {"max_trace_duration": "1h", "clock_skew": "5m"}
+QUERY_RANGE = "/loki/api/v1/query_range"
+TARGETS = {"bytes_ratio": 50, "latency_ratio": 20}
+
+
+def xray_trace_id(rng: random.Random, t_ns: int) -> str:
+    """An AWS X-Ray trace id made at ``t_ns`` (it states whole seconds)."""
+    return f"1-{t_ns // NS:08x}-{rng.getrandbits(96):024x}"
+
+
+def uuid7_trace_id(rng: random.Random, t_ns: int) -> str:
+    """A UUIDv7 made at ``t_ns``: 48 bits of unix ms, version 7, variant 10, random."""
+    h = f"{t_ns // 10**6:012x}7{rng.getrandbits(12):03x}"
+    h += f"{8 | rng.getrandbits(2):x}{rng.getrandbits(60):015x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+@dataclass
+class Trace:
+    """A trace of the data: its id, when it began (the time its id states), its lines."""
+
+    kind: str  # "xray" or "uuidv7"
+    id: str
+    start_ns: int
+    lines: int
+
+
+def trace_rows(
+    lines: int, start_ns: int, end_ns: int, seed: int = 42
+) -> tuple[list[tuple[int, tuple[int, int], bytes]], list[Trace]]:
+    """``lines`` log lines in [start_ns, end_ns), in time order, as push rows (ts, (app,
+    level), line) of TRACE_APPS by LEVELS, and the traces they belong to, in order of
+    start. Traces begin at even, jittered intervals, every other one with an X-Ray id,
+    the others with a UUIDv7; a trace's first line is at the time its id states, the
+    others up to TRACE_MAX_S later, each in any app; every line says ``trace_id=<id>``."""
+    rng = random.Random(seed)
+    sizes: list[int] = []
+    total = 0
+    while total < lines:
+        sizes.append(min(rng.randint(*TRACE_LINES), lines - total))
+        total += sizes[-1]
+    gap = max((end_ns - start_ns - TRACE_MAX_S * NS) // max(len(sizes), 1), 1)
+    rows: list[tuple[int, tuple[int, int], bytes]] = []
+    traces: list[Trace] = []
+    for k, n in enumerate(sizes):
+        t0 = start_ns + k * gap + rng.randrange(gap)
+        if k % 2 == 0:
+            t0 -= t0 % NS
+            trace = Trace("xray", xray_trace_id(rng, t0), t0, n)
         else:
-            shutil.rmtree(workdir, ignore_errors=True)
+            t0 -= t0 % 10**6
+            trace = Trace("uuidv7", uuid7_trace_id(rng, t0), t0, n)
+        traces.append(trace)
+        duration = rng.randrange(TRACE_MAX_S * NS)
+        offsets = [0, *sorted(rng.randrange(duration + 1) for _ in range(n - 1))]
+        levels = rng.choices(range(len(LEVELS)), LEVEL_WEIGHTS, k=n)
+        for offset, lv in zip(offsets, levels, strict=True):
+            key = (rng.randrange(len(TRACE_APPS)), lv)
+            rows.append((t0 + offset, key, synthetic_line(rng, LEVELS[lv], trace.id)))
+    rows.sort(key=lambda r: r[0])
+    return rows, traces
+
+
+def trace_labels(key: tuple[int, int]) -> list[tuple[str, str]]:
+    return [("app", TRACE_APPS[key[0]]), ("job", "bench"), ("level", LEVELS[key[1]])]
+
+
+def trace_query(trace: Trace) -> str:
+    """The search of ``bench trace`` for one trace's lines."""
+    return f'{{job="bench"}} |= "{trace.id}"'
+
+
+def iso(ns: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ns // NS))
+
+
+def split_figures(data: dict[str, Any]) -> dict[str, Any]:
+    """The splits, bytes and lines of one query response's ``data`` (skipped: by the
+    traceid coprocessor; executed: the others)."""
+    summary = data["stats"]["summary"]
+    traceid = (data["stats"].get("coprocessor") or {}).get("traceid") or {}
+    planned, skipped = summary["splits"], traceid.get("skipped", 0)
+    return {
+        "splits_planned": planned,
+        "splits_executed": planned - skipped,
+        "splits_skipped": skipped,
+        "splits_narrowed": traceid.get("narrowed", 0),
+        "bytes_processed": summary["totalBytesProcessed"],
+        "lines_processed": summary["totalLinesProcessed"],
+        "returned": sum(len(s["values"]) for s in data["result"]),
+    }
+
+
+class TraceBench(Cluster):
+    """``bench trace``: a trace-id search over days of data, coprocessors on and off."""
+
+    def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
+        super().__init__(workdir)
+        self.args = args
+        self.end_ns = time.time_ns() // HOUR_NS * HOUR_NS
+        self.start_ns = self.end_ns - int(args.days * DAY_NS)
+        self.traces: list[Trace] = []
+        self.failed: list[str] = []
+
+    def config(self) -> dict[str, Any]:
+        """What ``bench trace`` lays over ``loki_config``."""
+        return {
+            "limits_config": {
+                "split_queries_by_interval": TRACE_SPLIT,
+                "max_query_length": f"{int(self.args.days) + 2}d",
+                "query_timeout": "10m",
+            },
+            "coprocessors": {"enabled": "*", "plugins": {"traceid": dict(TRACEID_OPTIONS)}},
+        }
+
+    def fail(self, msg: str) -> None:
+        note(f"FAILED: {msg}")
+        self.failed.append(msg)
+
+    async def load(self) -> dict[str, Any]:
+        assert self.main is not None
+        args = self.args
+        note(f"generating {args.lines} lines over {args.days:g} days")
+        rows, self.traces = trace_rows(args.lines, self.start_ns, self.end_ns, args.seed)
+        bodies, raw = encode_batches(rows, trace_labels, args.batch, "protobuf")
+        del rows
+        note(f"pushing {args.lines} lines of {len(self.traces)} traces ({raw / 1e6:.0f} MB)")
+        _, failed, seconds = await push_bodies(self.main.url, bodies, "protobuf", TRACE_TENANT, 2)
+        if failed:
+            raise RuntimeError(f"{failed} push requests failed")
+        stored = await flush_store(
+            self.main.url, {TRACE_TENANT: args.lines}, self.start_ns, self.end_ns
+        )
+        return {
+            "traces": len(self.traces),
+            "streams": len(TRACE_APPS) * len(LEVELS),
+            "raw_mb": round(raw / 1e6, 1),
+            "push_s": round(seconds, 2),
+            "lines_per_s": round(args.lines / seconds),
+            "flush_s": stored["flush_s"],
+            **stored[TRACE_TENANT],
+        }
+
+    def needles(self) -> list[Trace]:
+        """An X-Ray trace and a UUIDv7 trace from the middle of the range."""
+        mid = len(self.traces) // 2
+        return sorted(self.traces[mid : mid + 2], key=lambda t: t.kind != "xray")
+
+    def params(self, trace: Trace, coprocessors: bool) -> dict[str, str]:
+        q = {
+            "query": trace_query(trace),
+            "start": str(self.start_ns),
+            "end": str(self.end_ns),
+            "limit": "1000",
+        }
+        if not coprocessors:
+            q["coprocessors"] = "none"
+        return q
+
+    async def sync_query(self, c: AsyncClient, params: dict[str, str]) -> tuple[float, Any]:
+        """One synchronous query, results cache bypassed: (seconds, response data)."""
+        t0 = time.perf_counter()
+        status, _, body = await c.get(QUERY_RANGE, params, TRACE_TENANT, no_cache=True)
+        elapsed = time.perf_counter() - t0
+        if status != 200:
+            raise RuntimeError(f"query failed: {status} {body[:300]!r}")
+        return elapsed, json.loads(body)["data"]
+
+    async def measure(self, c: AsyncClient, trace: Trace) -> tuple[dict[str, Any], Any]:
+        """``--runs`` runs with coprocessors on and off, interleaved, after a first run
+        of each that is not counted: the figures, and the result of the runs."""
+        modes = {"on": self.params(trace, True), "off": self.params(trace, False)}
+        _, first = await self.sync_query(c, modes["off"])
+        await self.sync_query(c, modes["on"])
+        times: dict[str, list[float]] = {m: [] for m in modes}
+        last: dict[str, Any] = {}
+        same = True
+        for _ in range(self.args.runs):
+            for mode, params in modes.items():
+                elapsed, last[mode] = await self.sync_query(c, params)
+                times[mode].append(elapsed)
+                same = same and last[mode]["result"] == first["result"]
+        out: dict[str, Any] = {
+            "id_kind": trace.kind,
+            "trace_id": trace.id,
+            "trace_start": iso(trace.start_ns),
+            "trace_lines": trace.lines,
+            "query": modes["on"]["query"],
+        }
+        for mode in modes:
+            out[mode] = {"latency_ms": dist_ms(times[mode]), **split_figures(last[mode])}
+        on, off = out["on"], out["off"]
+        out["bytes_ratio"] = round(off["bytes_processed"] / max(on["bytes_processed"], 1), 1)
+        out["latency_ratio"] = round(off["latency_ms"]["median"] / on["latency_ms"]["median"], 1)
+        out["same_result"] = same
+        note(
+            f"{trace.kind} {trace.id}: on {on['latency_ms']['median']}ms "
+            f"{on['splits_executed']}/{on['splits_planned']} splits {on['bytes_processed']} B, "
+            f"off {off['latency_ms']['median']}ms {off['bytes_processed']} B: bytes "
+            f"x{out['bytes_ratio']}, latency x{out['latency_ratio']}"
+        )
+        if not same:
+            self.fail(f"{trace.kind} {trace.id}: coprocessors on and off return other results")
+        for mode in modes:
+            if out[mode]["returned"] != trace.lines:
+                self.fail(
+                    f"{trace.kind} {trace.id} ({mode}): {out[mode]['returned']} lines returned"
+                    f" of the trace's {trace.lines}"
+                )
+        return out, first["result"]
+
+    async def async_run(self, c: AsyncClient, trace: Trace, sync_result: Any) -> dict[str, Any]:
+        """The same query with ``async=true`` and coprocessors on: submit, poll the
+        ticket's status until it ended, fetch the result."""
+        t0 = time.perf_counter()
+        params = self.params(trace, True)
+        ticket, body = await c.submit(QUERY_RANGE, params, TRACE_TENANT, no_cache=True)
+        polls = 0
+        while body is None and (await c.status(ticket, TRACE_TENANT))["is_running"]:
+            polls += 1
+            await asyncio.sleep(0.02)
+        if body is None:
+            body = await c.result(ticket, TRACE_TENANT)
+        elapsed = time.perf_counter() - t0
+        st = await c.status(ticket, TRACE_TENANT)
+        same = json.loads(body)["data"]["result"] == sync_result
+        if not same:
+            self.fail(f"async {trace.kind} {trace.id}: result differs from the sync one")
+        prog = st["progress"]
+        note(
+            f"async {trace.kind}: {elapsed * 1000:.0f}ms, {prog['splits_done']} splits done, "
+            f"{prog['splits_skipped']} skipped of {prog['splits_total']}"
+        )
+        return {
+            "id_kind": trace.kind,
+            "ticket": ticket,
+            "state": st["state"],
+            "latency_ms": round(elapsed * 1000, 1),
+            "status_polls": polls,
+            "progress": prog,
+            "bytes_processed": st["stats"]["bytes_processed"],
+            "lines_processed": st["stats"]["lines_processed"],
+            "same_result": same,
+        }
+
+
+async def run_trace(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
+    """Start the processes, load data, measure; every process is stopped at the end."""
+    with bench_dir(args.keep) as workdir, TraceBench(args, workdir) as bench:
+        t_start = time.perf_counter()
+        bench.start(concurrency=2, extra=bench.config())
+        result: dict[str, Any] = {
+            "bench": "trace",
+            "command": shlex.join(["loki-async", "bench", *argv]),
+            "lines": args.lines,
+            "days": args.days,
+            "range": {"start": iso(bench.start_ns), "end": iso(bench.end_ns)},
+            "split_interval": TRACE_SPLIT,
+            "traceid": TRACEID_OPTIONS,
+            "runs": args.runs,
+            "cores": os.cpu_count(),
+        }
+        result["load"] = await bench.load()
+        async with aiohttp_session() as session:
+            c = AsyncClient(session, bench.main.url if bench.main else "")
+            queries, results = [], []
+            for trace in bench.needles():
+                out, res = await bench.measure(c, trace)
+                queries.append(out)
+                results.append(res)
+            result["queries"] = queries
+            result["async"] = await bench.async_run(c, bench.needles()[0], results[0])
+        result["targets"] = {
+            **TARGETS,
+            "met": all(q[k] >= v for q in queries for k, v in TARGETS.items()),
+        }
+        result["failed"] = bench.failed
+        result["total_s"] = round(time.perf_counter() - t_start, 1)
+        return result
+
+
+def self_contained(
+    sub: Any, name: str, help: str, *, lines: tuple[int, str], days: float, runs: tuple[int, str]
+) -> argparse.ArgumentParser:
+    """The parser of a self-contained bench, with the options they all have."""
+    p = sub.add_parser(name, help=help)
+    p.add_argument("--lines", type=int, default=lines[0], help=lines[1])
+    p.add_argument("--days", type=float, default=days, help="time span of the data")
+    p.add_argument("--runs", type=int, default=runs[0], help=runs[1])
+    p.add_argument("--keep", action="store_true", help="keep the temp dir (logs)")
+    return p
 
 
 def main(argv: list[str]) -> int:
@@ -1003,13 +1374,15 @@ def main(argv: list[str]) -> int:
     query.add_argument("--instant", action="store_true", help="use /query at --end")
     query.add_argument("--runs", type=int, default=5)
     query.add_argument("--tenant", default="")
-    bench_async = sub.add_parser(
-        "async", help="self-contained: async query overhead, throughput, scaling, fairness"
+    bench_async = self_contained(
+        sub,
+        "async",
+        "self-contained: async query overhead, throughput, scaling, fairness",
+        lines=(600_000, "tenant A's lines"),
+        days=30.0,
+        runs=(100, "overhead runs per variant"),
     )
-    bench_async.add_argument("--lines", type=int, default=600_000, help="tenant A's lines")
     bench_async.add_argument("--lines-b", type=int, default=30_000, help="tenant B's lines")
-    bench_async.add_argument("--days", type=float, default=30.0, help="time span of the data")
-    bench_async.add_argument("--runs", type=int, default=100, help="overhead runs per variant")
     bench_async.add_argument(
         "--agg-runs", type=int, default=3, help="runs of each 30-day aggregation measurement"
     )
@@ -1021,12 +1394,23 @@ def main(argv: list[str]) -> int:
     bench_async.add_argument(
         "--submit-seconds", type=float, default=4.0, help="tickets/s: duration"
     )
-    bench_async.add_argument("--keep", action="store_true", help="keep the temp dir (logs)")
+    trace = self_contained(
+        sub,
+        "trace",
+        "self-contained: trace-id search over 7 days, coprocessors on vs off",
+        lines=(1_000_000, "lines pushed (quick runs: 50000)"),
+        days=7.0,
+        runs=(5, "runs per query, coprocessors on and off each"),
+    )
+    trace.add_argument("--batch", type=int, default=5000, help="lines per push request")
+    trace.add_argument("--seed", type=int, default=42, help="of the generated data")
     args = p.parse_args(argv)
     if args.what == "push":
         result = asyncio.run(run_push(args))
     elif args.what == "async":
         result = asyncio.run(run_async(args, argv))
+    elif args.what == "trace":
+        result = asyncio.run(run_trace(args, argv))
     elif args.what == "query":
         result = asyncio.run(run_query(args))
     else:

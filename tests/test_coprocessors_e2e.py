@@ -460,3 +460,86 @@ async def test_plugins_that_raise_hang_or_answer_garbage_change_nothing(world: W
     finally:
         for name in names:
             (world.plugins / f"bad_{name}.py").unlink()
+
+
+OBSERVER = """
+import json
+from pathlib import Path
+from loki_async.coprocessor import Coprocessor, declare
+
+EVENTS = Path(__file__).with_suffix(".events")
+
+
+def note(*event):
+    with EVENTS.open("a") as f:
+        f.write(json.dumps(event) + "\\n")
+
+
+class Observer(Coprocessor):
+    async def post_push(self, tenant, streams):
+        note("post_push", tenant, [[s.labels, s.entries] for s in streams])
+
+    async def pre_flush(self, chunk):
+        note("pre_flush", chunk.tenant, chunk.labels, chunk.entries, len(chunk.data))
+
+    async def post_flush(self, chunk, key):
+        note("post_flush", chunk.tenant, chunk.labels, key)
+
+    async def pre_get_chunk(self, ref):
+        note("pre_get_chunk", ref.tenant, ref.labels, ref.key)
+        return True
+
+
+PLUGIN = declare(Observer, name="observer", version="1.0.0", api="1.0")
+"""
+
+
+async def test_push_flush_and_chunk_hooks_see_what_happens(world: World) -> None:
+    write(world.plugins / "observer.py", OBSERVER)
+    events_path = world.plugins / "observer.events"
+
+    async def active() -> bool:
+        p = await plugin_state(world, "observer")
+        return p is not None and p["state"] == "active"
+
+    def events(kind: str) -> list[list[Any]]:
+        if not events_path.exists():
+            return []
+        rows = [orjson.loads(x) for x in events_path.read_text().splitlines()]
+        return [r for r in rows if r[0] == kind]
+
+    try:
+        await until(active)
+        now = time.time_ns()
+        stream = PushStream([("app", "observed")], [now - 2 * NS, now - NS], [b"a", b"b"], None)
+        async with client() as s:
+            status, body = await push(s, world.url, [stream], tenant=A)
+            assert status == 204, body
+
+        async def pushed() -> bool:
+            return bool(events("post_push"))
+
+        await until(pushed)
+        assert events("post_push")[0][1:] == [A, [['{app="observed"}', 2]]]
+
+        status, _ = await call("POST", world.url, "/flush")
+        assert status == 204
+        flushed = [e for e in events("post_flush") if e[2] == '{app="observed"}']
+        assert len(flushed) == 1 and flushed[0][1] == A and flushed[0][3].startswith(A)
+        assert [e[3] for e in events("pre_flush") if e[2] == '{app="observed"}'] == [2]
+
+        status, body = await call(
+            "GET",
+            world.url,
+            "/loki/api/v1/query_range",
+            query='{app="observed"}',
+            start=str(now - HOUR),
+            end=str(now + NS),
+            coprocessors="observer",
+            headers={"Cache-Control": "no-cache"},
+        )
+        assert status == 200 and len(body["data"]["result"]) == 1, body
+        assert [e[3] for e in events("pre_get_chunk")] == [flushed[0][3]]
+    finally:
+        (world.plugins / "observer.py").unlink()
+        events_path.unlink(missing_ok=True)

@@ -57,12 +57,11 @@ from loki_async.coprocessor import (
     KEEP,
     Coprocessor,
     Decision,
-    Narrow,
     Option,
     Selector,
-    Skip,
     SplitRequest,
     declare,
+    keep_within,
 )
 
 NS_PER_S = 10**9
@@ -242,7 +241,7 @@ class TraceId(Coprocessor):
         plan = self.plan(split)
         if plan is None:
             return KEEP
-        return decide(plan.windows, split.start_ns, split.end_ns, plan.reason)
+        return keep_within(plan.windows, split.start_ns, split.end_ns, plan.reason)
 
 
 class _Plan(NamedTuple):
@@ -258,21 +257,6 @@ def _merge(windows: list[tuple[int, int]]) -> list[tuple[int, int]]:
         else:
             out.append((lo, hi))
     return out
-
-
-def decide(windows: Iterable[tuple[int, int]], start_ns: int, end_ns: int, reason: str) -> Decision:
-    """Skip ``[start_ns, end_ns)`` if no window meets it, narrow it to what the windows
-    cover (their hull: narrowing is one range), keep it if they cover it all."""
-    lo, hi = end_ns, start_ns
-    for a, b in windows:
-        a, b = max(a, start_ns), min(b, end_ns)
-        if a < b:
-            lo, hi = min(lo, a), max(hi, b)
-    if lo >= hi:
-        return Skip(reason[:500])
-    if (lo, hi) == (start_ns, end_ns):
-        return KEEP
-    return Narrow(lo, hi)
 
 
 PLUGIN = declare(

@@ -53,7 +53,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -61,12 +61,11 @@ from loki_async.coprocessor import (
     KEEP,
     Coprocessor,
     Decision,
-    Narrow,
     Option,
     Selector,
-    Skip,
     SplitRequest,
     declare,
+    keep_within,
 )
 
 log = logging.getLogger("loki_async.coprocessors.tracing")
@@ -277,22 +276,7 @@ class Tracing(Coprocessor):
             named.extend(ids)
             if lo < hi:
                 windows.append((lo, hi))
-        return decide(windows, split.start_ns, split.end_ns, "; ".join(named))
-
-
-def decide(windows: Iterable[tuple[int, int]], start_ns: int, end_ns: int, reason: str) -> Decision:
-    """Skip ``[start_ns, end_ns)`` if no window meets it, narrow it to what the windows
-    cover (their hull: narrowing is one range), keep it if they cover it all."""
-    lo, hi = end_ns, start_ns
-    for a, b in windows:
-        a, b = max(a, start_ns), min(b, end_ns)
-        if a < b:
-            lo, hi = min(lo, a), max(hi, b)
-    if lo >= hi:
-        return Skip(reason[:500])
-    if (lo, hi) == (start_ns, end_ns):
-        return KEEP
-    return Narrow(lo, hi)
+        return keep_within(windows, split.start_ns, split.end_ns, "; ".join(named))
 
 
 PLUGIN = declare(

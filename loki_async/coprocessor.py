@@ -44,7 +44,7 @@ in its response bytes.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -182,6 +182,24 @@ class Narrow:
 
 KEEP = Keep()
 Decision = Keep | Skip | Narrow
+
+
+def keep_within(
+    windows: Iterable[tuple[int, int]], start_ns: int, end_ns: int, reason: str = ""
+) -> Decision:
+    """The decision for ``[start_ns, end_ns)`` when data can only be in ``windows``
+    (``[lo, hi)`` ranges): Skip if none meets it, Narrow to the hull of what they cover
+    (a narrowing is one range), Keep if they cover it all."""
+    lo, hi = end_ns, start_ns
+    for a, b in windows:
+        a, b = max(a, start_ns), min(b, end_ns)
+        if a < b:
+            lo, hi = min(lo, a), max(hi, b)
+    if lo >= hi:
+        return Skip(reason[:500])
+    if (lo, hi) == (start_ns, end_ns):
+        return KEEP
+    return Narrow(lo, hi)
 
 
 # --------------------------------------------------------------------------- records

@@ -80,3 +80,29 @@ async def query_range(
 def client() -> aiohttp.ClientSession:
     """A session that never reuses a connection: tests restart servers under it."""
     return aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
+
+
+async def call(
+    method: str,
+    url: str,
+    path: str,
+    tenant: str | None = None,
+    headers: dict[str, str] | None = None,
+    body: bytes | None = None,
+    **params: Any,
+) -> tuple[int, Any, Any]:
+    """(status, body as JSON or text, response headers). ``async`` is a Python keyword:
+    pass it as ``async_=``."""
+    params = {("async" if k == "async_" else k): v for k, v in params.items()}
+    hdrs = dict(headers or {})
+    if tenant:
+        hdrs["X-Scope-OrgID"] = tenant
+    async with (
+        client() as s,
+        s.request(method, url + path, params=params, headers=hdrs, data=body) as r,
+    ):
+        raw = await r.read()
+        text: Any = raw.decode()
+        if r.content_type == "application/json":
+            text = orjson.loads(raw)
+        return r.status, text, r.headers

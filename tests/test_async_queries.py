@@ -16,10 +16,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 
 from loki_async.logproto import PushStream
+from tests import lokiclient
 from tests.conftest import Loki, NATSServer, base_config
 from tests.lokiclient import client, push
 
@@ -90,21 +90,8 @@ async def call(
     headers: dict[str, str] | None = None,
     **params: Any,
 ) -> tuple[int, Any, Any]:
-    """(status, body as JSON or text, response headers)."""
-    # async is a Python keyword: tests write async_=.
-    params = {("async" if k == "async_" else k): v for k, v in params.items()}
-    hdrs = dict(headers or {})
-    if tenant:
-        hdrs["X-Scope-OrgID"] = tenant
-    async with (
-        client() as s,
-        s.request(method, url + path, params=params, headers=hdrs) as r,
-    ):
-        raw = await r.read()
-        body: Any = raw.decode()
-        if r.content_type == "application/json":
-            body = orjson.loads(raw)
-        return r.status, body, r.headers
+    """(status, body as JSON or text, response headers), as tenant A by default."""
+    return await lokiclient.call(method, url, path, tenant, headers, **params)
 
 
 def span(now: int, days: int = 30) -> dict[str, str]:

@@ -118,6 +118,24 @@ def counter(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
+async def plan(
+    session: object, expr: object, kind: str, end: int, step: int, splits: list[tuple[int, int]]
+) -> object:
+    """The planner's use of plan_splits for a query over [0, end)."""
+    return await plan_splits(
+        session,  # type: ignore[arg-type]
+        tenant="t",
+        query=str(expr),
+        expr=expr,  # type: ignore[arg-type]
+        kind=kind,
+        query_start=0,
+        query_end=end,
+        step=step,
+        query_id="q",
+        splits=splits,
+    )
+
+
 SKIP_ALL = "async def pre_query(self, split):\n    return Skip('nothing here')\n"
 
 
@@ -299,51 +317,37 @@ MISBEHAVING = {
 }
 
 
+def failures_counted() -> dict[str, float]:
+    """Per misbehaving plugin, the pre_query calls counted with its failure's outcome."""
+    outcomes = {
+        "raises": "error",
+        "hangs": "timeout",
+        "stubborn": "timeout",
+        "garbage": "invalid",
+        "badnarrow": "invalid",
+    }
+    return {
+        n: counter("loki_coprocessor_calls_total", plugin=n, hook="pre_query", outcome=o)
+        for n, o in outcomes.items()
+    }
+
+
 async def test_misbehaving_plugins_fail_open_and_are_counted(tmp_path: Path) -> None:
     for name, body in MISBEHAVING.items():
         write_plugin(tmp_path, name, body=body)
     reg = registry(tmp_path, pre_query_timeout_s=0.05)
     await reg.start()
     expr = parse_expr('{app="a"} |= "x"')
-    before = {
-        n: counter("loki_coprocessor_calls_total", plugin=n, hook="pre_query", outcome=o)
-        for n, o in (
-            ("raises", "error"),
-            ("hangs", "timeout"),
-            ("stubborn", "timeout"),
-            ("garbage", "invalid"),
-            ("badnarrow", "invalid"),
-        )
-    }
+    before = failures_counted()
     try:
         splits = [(i * H, (i + 1) * H) for i in range(4)]
         with reg.session() as s:
-            planned = await plan_splits(
-                s,
-                tenant="t",
-                query=str(expr),
-                expr=expr,
-                kind="log",
-                query_start=0,
-                query_end=4 * H,
-                step=0,
-                query_id="q",
-                splits=splits,
-            )
+            planned = await plan(s, expr, "log", 4 * H, 0, splits)
         assert planned.ranges == splits  # every split kept
         assert planned.counts["raises"]["errors"] == 4
         assert planned.counts["hangs"]["timeouts"] == 4
         assert planned.counts["garbage"]["errors"] == 4
-        after = {
-            n: counter("loki_coprocessor_calls_total", plugin=n, hook="pre_query", outcome=o)
-            for n, o in (
-                ("raises", "error"),
-                ("hangs", "timeout"),
-                ("stubborn", "timeout"),
-                ("garbage", "invalid"),
-                ("badnarrow", "invalid"),
-            )
-        }
+        after = failures_counted()
         assert all(after[n] - before[n] == 4 for n in before), (before, after)
     finally:
         await reg.stop()
@@ -367,18 +371,7 @@ async def test_skip_and_narrow_combine_across_plugins(tmp_path: Path) -> None:
     try:
         with reg.session() as s:
             assert current() is s
-            planned = await plan_splits(
-                s,
-                tenant="t",
-                query=str(expr),
-                expr=expr,
-                kind="log",
-                query_start=0,
-                query_end=4 * H,
-                step=0,
-                query_id="q",
-                splits=[(i * H, (i + 1) * H) for i in range(4)],
-            )
+            planned = await plan(s, expr, "log", 4 * H, 0, [(i * H, (i + 1) * H) for i in range(4)])
         assert current() is None
         assert planned.ranges == [None, (H + 10, 2 * H), (2 * H, 3 * H), None]
         assert planned.counts["narrower"] == {
@@ -403,17 +396,8 @@ async def test_queries_that_make_something_of_nothing_are_never_skipped(tmp_path
         ):
             expr = parse_expr(q)
             with reg.session() as s:
-                planned = await plan_splits(
-                    s,
-                    tenant="t",
-                    query=q,
-                    expr=expr,
-                    kind="metric",
-                    query_start=0,
-                    query_end=2 * H,
-                    step=60 * 10**9,
-                    query_id="q",
-                    splits=[(0, H - 60 * 10**9), (H, 2 * H)],
+                planned = await plan(
+                    s, expr, "metric", 2 * H, 60 * 10**9, [(0, H - 60 * 10**9), (H, 2 * H)]
                 )
             assert None not in planned.ranges, q
     finally:

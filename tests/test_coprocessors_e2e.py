@@ -17,6 +17,7 @@ import orjson
 import pytest
 
 from loki_async.logproto import PushStream
+from tests import lokiclient
 from tests.conftest import Loki, base_config
 from tests.lokiclient import client, push
 
@@ -109,18 +110,9 @@ async def call(
     body: bytes | None = None,
     **params: Any,
 ) -> tuple[int, Any]:
-    params = {("async" if k == "async_" else k): v for k, v in params.items()}
-    hdrs = dict(headers or {})
-    if tenant:
-        hdrs["X-Scope-OrgID"] = tenant
-    async with (
-        client() as s,
-        s.request(method, url + path, params=params, headers=hdrs, data=body) as r,
-    ):
-        raw = await r.read()
-        if r.content_type == "application/json":
-            return r.status, orjson.loads(raw)
-        return r.status, raw.decode()
+    """(status, body as JSON or text), as tenant A by default."""
+    status, out, _ = await lokiclient.call(method, url, path, tenant, headers, body, **params)
+    return status, out
 
 
 async def search(w: World, query: str, **params: Any) -> tuple[int, Any]:

@@ -33,7 +33,7 @@ import sys
 import time
 import traceback
 import uuid
-from collections.abc import Awaitable, Iterable, Sequence
+from collections.abc import Awaitable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -365,6 +365,12 @@ class Registry:
 
     async def start(self) -> None:
         """Load every plugin now; then keep watching the directory."""
+        if not self.directory.is_dir():
+            log.warning(
+                "coprocessor directory %s does not exist: no plugins until it does "
+                "(coprocessors.directory)",
+                self.directory,
+            )
         await self.reload()
         if self.cfg.reload_interval_s > 0:
             self._watcher = asyncio.create_task(self._watch(), name="coprocessor-watch")
@@ -461,9 +467,7 @@ class Registry:
                 exec(compile(source, str(f.path), "exec"), module.__dict__)
             finally:
                 sys.modules.pop(modname, None)
-        except BaseException as e:
-            if not isinstance(e, Exception):
-                raise
+        except (Exception, SystemExit):  # a plugin's sys.exit() must not end the server
             self._failed(f, FAILED, "import failed:\n" + traceback.format_exc(limit=-8))
             return
         decl = getattr(module, "PLUGIN", None)
@@ -554,15 +558,16 @@ class Registry:
             )
 
     def _close_later(self, p: Plugin) -> None:
-        self._spawn(self._close(p))
+        self._spawn(self._close(p), bounded=False)  # a close is never dropped
 
     async def _close(self, p: Plugin) -> None:
         status, err = await call_hook(p, "close", self.cfg.hook_timeout_s)
         if status != "ok":
             log.warning("coprocessor close failed plugin=%s: %r", p.name, err)
 
-    def _spawn(self, coro: Awaitable[Any]) -> bool:
-        if len(self._background) >= MAX_BACKGROUND:
+    def _spawn(self, coro: Coroutine[Any, Any, Any], *, bounded: bool = True) -> bool:
+        if bounded and len(self._background) >= MAX_BACKGROUND:
+            coro.close()  # never started: no "never awaited" warning
             return False
         task = asyncio.ensure_future(coro)
         self._background.add(task)
@@ -617,8 +622,12 @@ class Registry:
 
     def post_push(self, tenant: str, streams: Sequence[StreamSummary]) -> None:
         """Tell plugins about an acknowledged push, in the background (never slows it)."""
-        if self.wants("post_push"):
-            self._spawn(self._observe("post_push", tenant, tuple(streams)))
+        if self.wants("post_push") and not self._spawn(
+            self._observe("post_push", tenant, tuple(streams))
+        ):
+            for p in self._active.values():
+                if "post_push" in p.hooks:
+                    metrics.COPROCESSOR_CALLS.labels(p.name, "post_push", "dropped").inc()
 
     async def _observe(self, hook: str, *args: Any) -> None:
         plugins = [p for p in self._active.values() if hook in p.hooks]

@@ -61,7 +61,7 @@ WORKER_SPLITS = Counter(
 COPROCESSOR_CALLS = Counter(
     "loki_coprocessor_calls_total",
     "Coprocessor hook calls by outcome: keep, skip, narrow, ok, invalid (answer of the "
-    "wrong type: kept), error, timeout.",
+    "wrong type: kept), error, timeout, dropped (post_push with too many in flight).",
     ["plugin", "hook", "outcome"],
 )
 COPROCESSOR_LATENCY = Histogram(

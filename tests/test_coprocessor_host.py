@@ -173,6 +173,7 @@ async def test_api_mismatch_is_rejected_before_the_plugin_is_constructed(tmp_pat
 async def test_a_file_that_fails_to_import_is_reported_and_the_rest_load(tmp_path: Path) -> None:
     (tmp_path / "broken.py").write_text("import nonexistent_module_xyz\n")
     (tmp_path / "nodecl.py").write_text("X = 1\n")
+    (tmp_path / "exits.py").write_text("import sys\nsys.exit(3)\n")
     write_plugin(tmp_path, "good")
     reg = registry(tmp_path)
     await reg.start()
@@ -182,6 +183,7 @@ async def test_a_file_that_fails_to_import_is_reported_and_the_rest_load(tmp_pat
         assert "nonexistent_module_xyz" in listing["broken.py"]["error"]
         assert "Traceback" in listing["broken.py"]["error"]
         assert "no PLUGIN" in listing["nodecl.py"]["error"]
+        assert "SystemExit" in listing["exits.py"]["error"]
         assert listing["good.py"]["state"] == "active"
     finally:
         await reg.stop()

@@ -26,7 +26,7 @@ from .coprocessor import API_VERSION
 from .coprocessor_host import HEADER_VERSION as HEADER_COPROCESSOR_VERSION
 from .coprocessor_host import Registry
 from .distributor import Distributor
-from .errors import BadRequest, LokiError, Unauthorized, Unavailable, http_status
+from .errors import BadRequest, LokiError, NotFound, Unauthorized, Unavailable, http_status
 from .frontend import Frontend, PluginHost, QueryRequest, QueryResult, SplitResults
 from .labels import label_map
 from .logproto import decode_push, format_labels
@@ -35,6 +35,7 @@ from .logql.ast import Expr, LogSelectorExpr
 from .logql.engine import to_json
 from .logql.pretty import prettify
 from .querier import BACKWARD, FORWARD, Querier, QueryStats, StreamResult
+from .ring import Ring
 from .tickets import Execution, Ticket, Tickets, merge_done, status_json
 
 log = logging.getLogger(__name__)
@@ -272,6 +273,7 @@ class API:
         self.querier: Querier | None = None
         self.frontend: Frontend | None = None
         self.ingester: Any = None
+        self.ring: Ring | None = None
         self.tickets: Tickets | None = None
         self.split_results: SplitResults | None = None
         self.coprocessors: Registry | None = None
@@ -300,6 +302,8 @@ class API:
         if self.push:
             r.add_post("/loki/api/v1/push", self.handle_push)
         r.add_post("/flush", self.handle_flush)
+        r.add_get("/ring", self.handle_ring)
+        r.add_post("/ring", self.handle_ring_forget)
         r.add_get("/flush", self.handle_flush)
         if self.read:
             for path, handler in (
@@ -725,6 +729,33 @@ class API:
             if name in STATIC_LABELS or not all(_FLOAT_OR_UUID.fullmatch(v) for v in vs)
         ]
         return _json({"detectedLabels": detected})
+
+    def _ring(self) -> Ring:
+        if self.ring is None:
+            raise NotFound("this target does not watch the ring")
+        return self.ring
+
+    async def handle_ring(self, request: web.Request) -> web.Response:
+        """The ingester ring: id, state, tokens, heartbeat age and health of each member."""
+        ring = self._ring()
+        return _json(
+            {
+                "replication_factor": ring.replication_factor,
+                "heartbeat_timeout_s": ring.heartbeat_timeout_s,
+                "ingesters": ring.status(),
+            }
+        )
+
+    async def handle_ring_forget(self, request: web.Request) -> web.Response:
+        """``forget=<id>`` (form or query): drop a dead ingester from the ring."""
+        ring = self._ring()
+        form = await request.post()
+        target = str(form.get("forget") or request.query.get("forget") or "").strip()
+        if not target:
+            raise BadRequest("forget=<ingester id> is required")
+        if not await ring.forget(target):
+            raise NotFound(f"ingester {target!r} is not in the ring")
+        return web.Response(status=204)
 
     async def handle_flush(self, request: web.Request) -> web.Response:
         if self.querier is not None:

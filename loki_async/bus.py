@@ -45,6 +45,8 @@ INGESTER_STATS = "loki.ingester.{id}.stats"
 INGESTER_FLUSH = "loki.ingester.{id}.flush"
 
 RING_BUCKET = "ring"
+CHUNKS_RECENT_BUCKET = "chunks-recent"  # KV: ids of chunks recently uploaded and indexed
+CHUNKS_RECENT_TTL_S = 3600.0  # replicas flush a chunk within minutes of each other
 
 # Asynchronous queries (see tickets.py and worker.py).
 QUERIES_STREAM = "QUERIES"  # work queue: one message per execution, Nats-Msg-Id = its id

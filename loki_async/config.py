@@ -131,6 +131,25 @@ class LifecyclerConfig:
 
 
 @dataclass(frozen=True)
+class DistributorConfig:
+    replica_repair: bool = field(
+        default=True,
+        metadata=opt(
+            "-distributor.replica-repair",
+            help="re-send a push to a replica that failed it while the quorum succeeded",
+        ),
+    )
+    replica_repair_max_bytes: int = field(
+        default=64 << 20,
+        metadata=opt(
+            "-distributor.replica-repair-max-bytes",
+            kind="size",
+            help="pushes held for repair at once; beyond it repairs are dropped (counted)",
+        ),
+    )
+
+
+@dataclass(frozen=True)
 class IngesterConfig:
     chunk_target_size: int = field(
         default=1_572_864, metadata=opt("-ingester.chunk-target-size", kind="size")
@@ -469,6 +488,7 @@ class Config:
     auth_enabled: bool = field(default=False, metadata=opt("-auth.enabled"))
     server: ServerConfig = field(default_factory=ServerConfig)
     common: CommonConfig = field(default_factory=CommonConfig)
+    distributor: DistributorConfig = field(default_factory=DistributorConfig)
     ingester: IngesterConfig = field(default_factory=IngesterConfig)
     querier: QuerierConfig = field(default_factory=QuerierConfig)
     query_range: QueryRangeConfig = field(default_factory=QueryRangeConfig)

@@ -10,6 +10,7 @@ the push succeeds once a quorum (RF/2+1) of every stream's owners acknowledged.
 from __future__ import annotations
 
 import asyncio
+import random
 import re
 import time
 from array import array
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from . import bus, metrics
+from . import bus, failpoints, metrics
 from .chunk import encode_metadata
 from .config import LimitsConfig
 from .coprocessor import StreamSummary
@@ -88,8 +89,10 @@ class Distributor:
         ring: RingReader,
         ingesters: IngesterClient,
         coprocessors: Registry | None = None,
+        repair: ReplicaRepair | None = None,
     ) -> None:
         self.limits = limits
+        self.repair = repair
         self.coprocessors = coprocessors
         self.ring = ring
         self.ingesters = ingesters
@@ -272,29 +275,101 @@ class Distributor:
             if len(owners) < quorum:
                 raise Unavailable(
                     f"at least {quorum} live ingesters required, could only find "
-                    f"{len(owners)} for stream {s.labels}"
+                    f"{len(owners)} for stream {s.labels} (replication factor {rf}); "
+                    "retry once the ingesters are back"
                 )
             owners_of.append([o.id for o in owners])
             for o in owners:
                 per_ingester.setdefault(o.id, (o, []))[1].append(idx)
 
-        async def send(desc: IngesterDesc, idxs: list[int]) -> None:
-            payload = bus.pack({"t": tenant, "s": [streams[i].wire() for i in idxs]})
-            await self.ingesters.push(desc, payload)
-
+        payloads = {
+            i: bus.pack({"t": tenant, "s": [streams[j].wire() for j in idxs]})
+            for i, (_, idxs) in per_ingester.items()
+        }
         ids = list(per_ingester)
-        results = await asyncio.gather(
-            *(send(*per_ingester[i]) for i in ids), return_exceptions=True
-        )
+        fail = random.choice(ids) if ids and failpoints.hit("distributor.replica_send") else None
+
+        async def send(i: str) -> None:
+            if i == fail:
+                raise Unavailable(f"failpoint distributor.replica_send: push to {i} not sent")
+            await self.ingesters.push(per_ingester[i][0], payloads[i])
+
+        results = await asyncio.gather(*(send(i) for i in ids), return_exceptions=True)
         ok = {i for i, r in zip(ids, results, strict=True) if r is None}
-        for owners in owners_of:
-            if sum(o in ok for o in owners) < quorum:
-                err = next(
-                    r for i, r in zip(ids, results, strict=True) if r is not None and i in owners
-                )
-                if isinstance(err, LokiError) and err.status < 500:
-                    raise err
-                raise Unavailable(f"push failed: {err}")
+        errs = {i: r for i, r in zip(ids, results, strict=True) if r is not None}
+        for idx, owners in enumerate(owners_of):
+            acked = sum(o in ok for o in owners)
+            if acked >= quorum:
+                continue
+            failed = [o for o in owners if o in errs]
+            err = errs[failed[0]]
+            if isinstance(err, LokiError) and err.status < 500:
+                raise err
+            if not isinstance(err, Exception):
+                raise err  # cancelled
+            reasons = "; ".join(f"{o}: {errs[o]}" for o in failed)
+            raise Unavailable(
+                f"quorum not reached for stream {streams[idx].labels}: {acked} of "
+                f"{len(owners)} ingesters acknowledged, {quorum} required ({reasons}); "
+                "nothing of this push is guaranteed stored, retry it"
+            )
+        # Acknowledged. A replica that failed its part (a dropped request, a restart)
+        # gets it again in the background, so replicas converge and cut identical chunks.
+        for i, err in errs.items():
+            if isinstance(err, Unavailable) and self.repair is not None:
+                self.repair.submit(per_ingester[i][0], payloads[i])
+
+
+class ReplicaRepair:
+    """Re-sends pushes to replicas that failed them while the quorum succeeded (hinted
+    handoff, as in Dynamo and Cassandra), with backoff, within a memory bound.
+
+    A repair is an optimisation, never needed for durability: the quorum holds every
+    acknowledged line. It keeps the replicas' entries equal, so that their chunks are
+    byte-identical and stored once; a repair that arrives after later pushes is sorted
+    into place by the ingester. A duplicate (the first send did arrive) is dropped there.
+    """
+
+    DELAYS_S = (0.2, 0.5, 1.0, 2.0, 4.0)
+
+    def __init__(self, ingesters: IngesterClient, max_bytes: int) -> None:
+        self.ingesters = ingesters
+        self.max_bytes = max_bytes
+        self.pending_bytes = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def submit(self, ingester: IngesterDesc, payload: bytes) -> None:
+        if self.pending_bytes + len(payload) > self.max_bytes:
+            metrics.REPLICA_REPAIRS.labels("dropped").inc()
+            return
+        self.pending_bytes += len(payload)
+        task = asyncio.get_running_loop().create_task(self._repair(ingester, payload))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _repair(self, ingester: IngesterDesc, payload: bytes) -> None:
+        try:
+            for delay in self.DELAYS_S:
+                await asyncio.sleep(delay)
+                try:
+                    await self.ingesters.push(ingester, payload)
+                except LokiError as e:
+                    if e.status < 500:
+                        break
+                    continue
+                except Exception:  # transport trouble: try again later
+                    continue
+                metrics.REPLICA_REPAIRS.labels("repaired").inc()
+                return
+            metrics.REPLICA_REPAIRS.labels("failed").inc()
+        finally:
+            self.pending_bytes -= len(payload)
+
+    async def stop(self) -> None:
+        """Give pending repairs up (they only cost deduplication, never data)."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
 class NATSIngesterClient:

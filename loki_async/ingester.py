@@ -18,11 +18,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import operator
 import time
 from array import array
+from bisect import bisect_left
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from itertools import accumulate, pairwise
+from itertools import accumulate, islice
 from typing import Any
 
 from . import bus, metrics
@@ -34,7 +36,7 @@ from .labels import label_map
 from .logql import parse_log_selector
 from .logql.pipeline import Pipeline, compile_pipeline
 from .ring import ACTIVE, LEAVING, Lifecycler
-from .store import ChunkRef, Store, chunk_key
+from .store import ChunkRef, RecentChunks, Store, chunk_key
 from .wal import WAL
 
 log = logging.getLogger(__name__)
@@ -71,8 +73,10 @@ class HeadBlock:
 
 @dataclass(slots=True)
 class MemChunk:
-    """A chunk being built (open) or waiting for its flush (closed)."""
+    """A chunk being built (open) or waiting for its flush (closed). Every entry of a
+    chunk lies in one aligned time window."""
 
+    window: int = 0
     blocks: list[CompressedBlock] = field(default_factory=list)
     head: HeadBlock = field(default_factory=HeadBlock)
     mint: int = 1 << 63
@@ -84,54 +88,201 @@ class MemChunk:
     last_append: float = field(default_factory=time.monotonic)
     closed: bool = False
     close_reason: str = ""
+    # Entries arrived in strict time order, so blocks were cut where the Chunker cuts
+    # them; otherwise the chunk is re-cut from its sorted entries when it closes.
+    ordered: bool = True
 
-    def cut(self, codec: Codec) -> None:
-        if len(self.head):
-            b = codec.compress_block(self.head.build())
-            self.blocks.append(b)
-            self.compressed_bytes += len(b.data)
-            self.head = HeadBlock()
+    def add(self, ts: array, lens: array, blob: bytes, meta: list[bytes] | None) -> None:
+        """Append entries to the head (any order)."""
+        self.head.append(ts.tobytes(), lens.tobytes(), blob, meta)
+        self.mint = min(self.mint, min(ts))
+        self.maxt = max(self.maxt, max(ts))
+        self.entries += len(ts)
+        self.raw_bytes += len(blob)
+        self.last_append = time.monotonic()
 
-    def close(self, codec: Codec, reason: str, block_size: int) -> None:
-        self.cut(codec)
-        if any(b.mint <= a.maxt for a, b in pairwise(self.blocks)):
-            self.blocks = _merge_blocks(self.blocks, codec, block_size)
-            self.compressed_bytes = sum(len(b.data) for b in self.blocks)
-        self.entries = sum(b.entries for b in self.blocks)
-        self.closed = True
-        self.close_reason = reason
+    def cut(self, codec: Codec) -> int:
+        """Compress the head into a block; returns its compressed size (0: empty head)."""
+        if not len(self.head):
+            return 0
+        b = codec.compress_block(self.head.build())
+        self.blocks.append(b)
+        self.compressed_bytes += len(b.data)
+        self.head = HeadBlock()
+        return len(b.data)
+
+    def take_head(self) -> HeadBlock:
+        """Remove the head's entries from the chunk and return them."""
+        head, self.head = self.head, HeadBlock()
+        self.entries -= len(head)
+        self.raw_bytes -= len(head.blob)
+        if self.blocks:
+            self.mint = min(b.mint for b in self.blocks)
+            self.maxt = max(b.maxt for b in self.blocks)
+        else:
+            self.mint, self.maxt = 1 << 63, -(1 << 63)
+        return head
+
+    def entries_sorted(self, codec: Codec) -> Block:
+        """Every entry of the chunk, sorted by (timestamp, line), exact duplicates dropped."""
+        head = HeadBlock()
+        for cb in self.blocks:
+            b = decode_block(codec.decompress(cb.data, cb.raw_length))
+            lens = array("I", (b.offsets[i + 1] - b.offsets[i] for i in range(len(b))))
+            meta = None if b.meta_offsets is None else [b.metadata(i) for i in range(len(b))]
+            head.append(b.ts.tobytes(), lens.tobytes(), b.blob, meta)
+        head.append(
+            self.head.ts.tobytes(), self.head.lens.tobytes(), bytes(self.head.blob), self.head.meta
+        )
+        return decode_block(head.build())
 
 
-def _merge_blocks(
-    blocks: list[CompressedBlock], codec: Codec, block_size: int
-) -> list[CompressedBlock]:
-    """Re-cut overlapping blocks into one sorted, de-duplicated run of blocks."""
-    head = HeadBlock()
-    for cb in blocks:
-        b = decode_block(codec.decompress(cb.data, cb.raw_length))
+# Multipliers of the cut hashes (a Fibonacci and a murmur3 finaliser constant).
+_MIX_BLOCK = 0x9E3779B97F4A7C15
+_MIX_CHUNK = 0xC2B2AE3D27D4EB4F
+_M32 = 0xFFFFFFFF
+
+
+class Chunker:
+    """Where a stream's blocks and chunks end: a function of its entries alone.
+
+    Replicas of a stream receive the same entries at different moments, in different
+    batches, after different restarts; for the store to keep one copy they must cut
+    byte-identical chunks. So no cut depends on arrival time or batch boundaries:
+
+    - **windows**: a chunk holds entries of one aligned window of ``max_chunk_age``
+      (``ts // window``), so every window boundary is a cut both replicas agree on;
+    - **blocks** are content-defined: once a block holds ``block_size / 4`` bytes, the
+      block ends before an entry with a probability proportional to the entry's size
+      (a hash of its timestamp decides), so a block averages ``block_size``; hard cut
+      at twice that;
+    - **chunks** end at a block boundary, again decided by a hash of the next entry's
+      timestamp, with probability (compressed block size / ``chunk_target_size``):
+      chunks average the target; hard cut at four times it.
+
+    The decision at a boundary depends only on the entries around it, not on where the
+    chunk started, so two replicas that diverged (one missed a push, one restarted)
+    cut at the same places again from the next boundary on (content-defined chunking,
+    as in rsync and LBFS). Entries that arrive out of order are re-cut by the same rules
+    from their sorted sequence when the chunk closes.
+    """
+
+    def __init__(self, codec: Codec, block_size: int, target_size: int, window_s: float) -> None:
+        self.codec = codec
+        self.block_size = max(block_size, 16)
+        self.block_min = self.block_size // 4
+        self.block_span = self.block_size - self.block_min
+        self.block_max = self.block_size * 2
+        self.chunk_target = max(target_size, 1)
+        self.chunk_max = self.chunk_target * 4
+        self.window_ns = max(int(window_s * 1e9), 1)
+
+    def window(self, ts: int) -> int:
+        return ts // self.window_ns
+
+    def window_end(self, window: int) -> int:
+        """First timestamp after ``window``."""
+        return (window + 1) * self.window_ns
+
+    def append(
+        self, c: MemChunk, ts: array, lens: array, blob: bytes, meta: list[bytes] | None
+    ) -> list[MemChunk]:
+        """Append entries in strict time order, all in ``c``'s window and after its last
+        entry, cutting blocks and chunks on the way. Returns ``c`` and the chunks begun
+        after it; all but the last are closed."""
+        n = len(ts)
+        offs = list(accumulate(lens, initial=0))
+        out = [c]
+        pos = 0
+        while pos < n:
+            cut = self._next_block_cut(len(c.head.blob), ts, lens, offs, pos)
+            end = n if cut is None else cut
+            if end > pos:
+                c.add(
+                    ts[pos:end],
+                    lens[pos:end],
+                    blob[offs[pos] : offs[end]],
+                    None if meta is None else meta[pos:end],
+                )
+            if cut is None:
+                break
+            size = c.cut(self.codec)
+            if c.compressed_bytes >= self.chunk_max or (
+                ((ts[cut] * _MIX_CHUNK) >> 32 & _M32) * self.chunk_target < size << 32
+            ):
+                c.closed, c.close_reason = True, "full"
+                c = MemChunk(window=c.window, min_segment=c.min_segment)
+                out.append(c)
+            pos = cut
+        return out
+
+    def _next_block_cut(
+        self, b0: int, ts: array, lens: array, offs: list[int], pos: int
+    ) -> int | None:
+        """Index of the first entry at or after ``pos`` that starts a new block (the
+        block already holds ``b0`` bytes), or None."""
+        n = len(ts)
+        # Entries before the block holds `threshold` bytes can neither meet the hash
+        # rule (block_min) nor overflow block_max: skip them with one bisection.
+        threshold = max(1, min(self.block_min, self.block_max - max(lens[pos:]) + 1))
+        first = bisect_left(offs, threshold - b0 + offs[pos], pos, n)
+        for i in range(first, n):
+            b = b0 + offs[i] - offs[pos]
+            size = lens[i]
+            if b + size > self.block_max:
+                return i
+            if b >= self.block_min and (
+                ((ts[i] * _MIX_BLOCK) >> 32 & _M32) * self.block_span < size << 32
+            ):
+                return i
+        return None
+
+    def recut(self, c: MemChunk) -> list[MemChunk]:
+        """An out-of-order chunk re-cut from its sorted, de-duplicated entries, exactly as
+        if they had arrived in order: the chunks it becomes, all but the last closed; the
+        last one is in order again and takes further appends."""
+        b = c.entries_sorted(self.codec)
+        fresh = MemChunk(window=c.window, min_segment=c.min_segment)
+        if not len(b):
+            return [fresh]
         lens = array("I", (b.offsets[i + 1] - b.offsets[i] for i in range(len(b))))
         meta = None if b.meta_offsets is None else [b.metadata(i) for i in range(len(b))]
-        head.append(b.ts.tobytes(), lens.tobytes(), b.blob, meta)
-    merged = decode_block(head.build())
-    out: list[CompressedBlock] = []
-    i = 0
-    n = len(merged)
-    while i < n:
-        j = i
-        size = 0
-        while j < n and size < block_size:
-            size += merged.offsets[j + 1] - merged.offsets[j]
-            j += 1
-        part = HeadBlock()
-        part.append(
-            merged.ts[i:j].tobytes(),
-            array("I", (merged.offsets[k + 1] - merged.offsets[k] for k in range(i, j))).tobytes(),
-            merged.blob[merged.offsets[i] : merged.offsets[j]],
-            None if merged.meta_offsets is None else [merged.metadata(k) for k in range(i, j)],
-        )
-        out.append(codec.compress_block(part.build()))
-        i = j
-    return out
+        return self.append(fresh, b.ts, lens, b.blob, meta)
+
+    def insert(
+        self, c: MemChunk, ts: array, lens: array, blob: bytes, meta: list[bytes] | None
+    ) -> list[MemChunk]:
+        """Add entries in any order to ``c``. Entries newer than its cut blocks (late by
+        less than a block: the usual case) are sorted into the head and the head is cut
+        again, so the chunk stays as if in order. Older ones turn the chunk out of order
+        until :meth:`close` or :meth:`recut`. Returns what replaces ``c``."""
+        last_cut = c.blocks[-1].maxt if c.blocks else None
+        if c.ordered and (last_cut is None or min(ts) > last_cut):
+            head = c.take_head()
+            head.append(ts.tobytes(), lens.tobytes(), blob, meta)
+            b = decode_block(head.build())
+            if not len(b):
+                return [c]
+            b_lens = array("I", (b.offsets[i + 1] - b.offsets[i] for i in range(len(b))))
+            b_meta = None if b.meta_offsets is None else [b.metadata(i) for i in range(len(b))]
+            return self.append(c, b.ts, b_lens, b.blob, b_meta)
+        c.ordered = False
+        c.add(ts, lens, blob, meta)
+        if len(c.head.blob) >= self.block_size:
+            c.cut(self.codec)
+            if c.compressed_bytes >= self.chunk_max:
+                return self.recut(c)
+        return [c]
+
+    def close(self, c: MemChunk, reason: str) -> list[MemChunk]:
+        """Close ``c``: its head becomes its last block (re-cut first if out of order).
+        Returns what replaces it: closed chunks, normally just ``c``."""
+        out = [c] if c.ordered else self.recut(c)
+        last = out[-1]
+        last.cut(self.codec)
+        if not last.closed:
+            last.closed, last.close_reason = True, reason
+        return [x for x in out if x.entries]
 
 
 @dataclass(slots=True)
@@ -139,12 +290,19 @@ class Stream:
     tenant: str
     labels: str
     fp: int
-    chunks: list[MemChunk] = field(default_factory=list)  # last one open
+    chunks: list[MemChunk] = field(default_factory=list)  # closed ones wait for the flush
 
-    def open_chunk(self) -> MemChunk:
-        if not self.chunks or self.chunks[-1].closed:
-            self.chunks.append(MemChunk())
-        return self.chunks[-1]
+    def open_chunk(self, window: int) -> MemChunk:
+        for c in reversed(self.chunks):
+            if not c.closed and c.window == window:
+                return c
+        c = MemChunk(window=window)
+        self.chunks.append(c)
+        return c
+
+    def replace(self, old: MemChunk, new: list[MemChunk]) -> None:
+        i = next(i for i, c in enumerate(self.chunks) if c is old)
+        self.chunks[i : i + 1] = new
 
 
 class Ingester:
@@ -159,15 +317,20 @@ class Ingester:
         lifecycler: Lifecycler,
         wal: WAL | None,
         coprocessors: Registry | None = None,
+        recent: RecentChunks | None = None,
     ) -> None:
         self.cfg = cfg
         self.coprocessors = coprocessors
+        self.recent = recent
         self.store = store
         self.nc = nc
         self.lifecycler = lifecycler
         self.wal = wal
         self.id = lifecycler.id
         self.codec = Codec(cfg.zstd_level)
+        self.chunker = Chunker(
+            self.codec, cfg.chunk_block_size, cfg.chunk_target_size, cfg.max_chunk_age_s
+        )
         self.streams: dict[tuple[str, int], Stream] = {}
         self._subs: list[Any] = []
         self._flush_task: asyncio.Task[None] | None = None
@@ -208,11 +371,15 @@ class Ingester:
         return self._ready
 
     async def stop(self) -> None:
-        """Graceful shutdown: leave the ring, stop taking pushes, flush everything."""
+        """Graceful scale-down: turn LEAVING (distributors send this ingester's streams to
+        the next one on the ring), stop taking pushes, flush everything, leave the ring,
+        and only then stop answering queries, so no acknowledged line is ever out of
+        reach."""
         self._ready = False
         with contextlib.suppress(Exception):
             await self.lifecycler.set_state(LEAVING)
-        for sub in self._subs:
+        push_subs, read_subs = self._subs[:1], self._subs[1:]  # push is subscribed first
+        for sub in push_subs:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
         if self._flush_task:
@@ -230,6 +397,9 @@ class Ingester:
                 if self.wal is not None:  # everything is in the store: nothing to replay
                     self.wal.truncate_before(NO_SEGMENT)
         await self.lifecycler.stop()
+        for sub in read_subs:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
 
     # ------------------------------------------------------------------ write path
 
@@ -245,31 +415,83 @@ class Ingester:
 
     def _apply(self, req: dict[str, Any], segment: int) -> None:
         tenant = req["t"]
-        cfg = self.cfg
-        max_span = int(cfg.max_chunk_age_s * 1e9)
-        for labels, fp, ts, lens, blob, meta in req["s"]:
+        for labels, fp, ts_b, lens_b, blob, meta in req["s"]:
             stream = self.streams.get((tenant, fp))
             if stream is None:
                 stream = self.streams[(tenant, fp)] = Stream(tenant, labels, fp)
                 metrics.INGESTER_STREAMS.inc()
-            c = stream.open_chunk()
-            t = array("q")
-            t.frombytes(ts)
-            lo, hi = min(t), max(t)
-            if c.entries and (max(hi, c.maxt) - min(lo, c.mint) > max_span):
-                c.close(self.codec, "max_age", cfg.chunk_block_size)
-                c = stream.open_chunk()
-            c.head.append(ts, lens, blob, meta)
-            c.mint = min(c.mint, lo)
-            c.maxt = max(c.maxt, hi)
-            c.entries += len(t)
-            c.raw_bytes += len(blob)
+            ts = array("q")
+            ts.frombytes(ts_b)
+            lens = array("I")
+            lens.frombytes(lens_b)
+            if not len(ts):
+                continue
+            # Fast path: strictly increasing timestamps (the common case); checked in C.
+            if len(ts) == 1 or all(map(operator.lt, ts, islice(ts, 1, None))):
+                self._append_sorted(stream, ts, lens, blob, meta, segment)
+            else:
+                self._append_unordered(stream, ts, lens, blob, meta, segment)
+
+    def _append_sorted(
+        self,
+        stream: Stream,
+        ts: array,
+        lens: array,
+        blob: bytes,
+        meta: list[bytes] | None,
+        segment: int,
+    ) -> None:
+        ck = self.chunker
+        pos, n = 0, len(ts)
+        offs: list[int] | None = None
+        while pos < n:
+            window = ck.window(ts[pos])
+            end = bisect_left(ts, ck.window_end(window), pos, n)
+            if pos == 0 and end == n:
+                part_ts, part_lens, part_blob, part_meta = ts, lens, blob, meta
+            else:  # the batch crosses a window boundary: one part per window
+                if offs is None:
+                    offs = list(accumulate(lens, initial=0))
+                part_ts, part_lens = ts[pos:end], lens[pos:end]
+                part_blob = blob[offs[pos] : offs[end]]
+                part_meta = None if meta is None else meta[pos:end]
+            c = stream.open_chunk(window)
             c.min_segment = min(c.min_segment, segment)
-            c.last_append = time.monotonic()
-            if len(c.head.blob) >= cfg.chunk_block_size:
-                c.cut(self.codec)
-                if c.compressed_bytes >= cfg.chunk_target_size:
-                    c.close(self.codec, "full", cfg.chunk_block_size)
+            if c.ordered and (not c.entries or part_ts[0] > c.maxt):
+                stream.replace(c, ck.append(c, part_ts, part_lens, part_blob, part_meta))
+            else:  # older than what the chunk holds (late, or a retried push)
+                stream.replace(c, ck.insert(c, part_ts, part_lens, part_blob, part_meta))
+            pos = end
+
+    def _append_unordered(
+        self,
+        stream: Stream,
+        ts: array,
+        lens: array,
+        blob: bytes,
+        meta: list[bytes] | None,
+        segment: int,
+    ) -> None:
+        """Entries out of order within the batch: group them by window, append as they
+        are; the chunk is re-cut from its sorted entries when it closes."""
+        ck = self.chunker
+        offs = list(accumulate(lens, initial=0))
+        groups: dict[int, list[int]] = {}
+        for i, t in enumerate(ts):
+            groups.setdefault(ck.window(t), []).append(i)
+        for window, idx in groups.items():
+            c = stream.open_chunk(window)
+            c.min_segment = min(c.min_segment, segment)
+            stream.replace(
+                c,
+                ck.insert(
+                    c,
+                    array("q", (ts[i] for i in idx)),
+                    array("I", (lens[i] for i in idx)),
+                    b"".join([blob[offs[i] : offs[i + 1]] for i in idx]),
+                    None if meta is None else [meta[i] for i in idx],
+                ),
+            )
 
     # ------------------------------------------------------------------ flush
 
@@ -286,43 +508,61 @@ class Ingester:
         """Close due chunks and upload every closed chunk. Returns chunks flushed."""
         async with self._flush_lock:
             now = time.monotonic()
+            idle = self.cfg.chunk_idle_period_s
             for s in self.streams.values():
-                c = s.chunks[-1] if s.chunks else None
-                if c is None or c.closed or not c.entries:
-                    continue
-                if force:
-                    c.close(self.codec, "forced", self.cfg.chunk_block_size)
-                elif now - c.last_append >= self.cfg.chunk_idle_period_s:
-                    c.close(self.codec, "idle", self.cfg.chunk_block_size)
+                for c in [c for c in s.chunks if not c.closed]:
+                    if not c.entries:
+                        continue
+                    if force:
+                        s.replace(c, self.chunker.close(c, "forced"))
+                    elif now - c.last_append >= idle:
+                        s.replace(c, self.chunker.close(c, "idle"))
             todo = [(s, c) for s in self.streams.values() for c in s.chunks if c.closed]
             sem = asyncio.Semaphore(self.cfg.concurrent_flushes)
 
-            async def upload(s: Stream, c: MemChunk) -> ChunkRef:
+            async def upload(s: Stream, c: MemChunk) -> tuple[ChunkRef, bool]:
+                """Store the chunk once; True if this ingester must list it in its index."""
                 data = encode_chunk(c.blocks)
                 key = chunk_key(s.tenant, s.fp, c.mint, c.maxt, data)
+                ref = ChunkRef(key, c.mint, c.maxt, c.entries, len(data), c.raw_bytes)
                 flushed = None
                 if self.coprocessors is not None:
                     flushed = FlushedChunk(s.tenant, s.labels, c.mint, c.maxt, c.entries, data)
                     await self.coprocessors.pre_flush(flushed)
+                metrics.INGESTER_CHUNKS_FLUSHED.labels(c.close_reason).inc()
+                metrics.INGESTER_CHUNK_BYTES.inc(len(data))
+                metrics.INGESTER_RAW_BYTES.inc(c.raw_bytes)
+                if self.recent is not None and await self.recent.seen(key):
+                    # A replica uploaded and indexed this very chunk.
+                    metrics.INGESTER_CHUNKS_DEDUPED.labels("recent").inc()
+                    return ref, False
                 async with sem:
                     written = await self.store.put_chunk(key, data)
                 if flushed is not None and self.coprocessors is not None:
                     await self.coprocessors.post_flush(flushed, key)
-                if not written:
-                    metrics.INGESTER_CHUNKS_DEDUPED.inc()
-                metrics.INGESTER_CHUNKS_FLUSHED.labels(c.close_reason).inc()
-                metrics.INGESTER_CHUNK_BYTES.inc(len(data))
-                metrics.INGESTER_RAW_BYTES.inc(c.raw_bytes)
-                return ChunkRef(key, c.mint, c.maxt, c.entries, len(data), c.raw_bytes)
+                if written:
+                    metrics.INGESTER_CHUNKS_UPLOADED.inc()
+                else:
+                    metrics.INGESTER_CHUNKS_DEDUPED.labels("exists").inc()
+                return ref, True
 
-            refs = await asyncio.gather(*(upload(s, c) for s, c in todo))
+            uploads = await asyncio.gather(*(upload(s, c) for s, c in todo))
             by_tenant: dict[str, dict[int, tuple[str, int, list[ChunkRef]]]] = {}
-            for (s, _), ref in zip(todo, refs, strict=True):
-                by_tenant.setdefault(s.tenant, {}).setdefault(s.fp, (s.labels, s.fp, []))[2].append(
-                    ref
-                )
+            for (s, _), (ref, index_it) in zip(todo, uploads, strict=True):
+                if index_it:
+                    series = by_tenant.setdefault(s.tenant, {})
+                    series.setdefault(s.fp, (s.labels, s.fp, []))[2].append(ref)
             for tenant, series in by_tenant.items():
                 await self.store.write_index(tenant, list(series.values()))
+            if self.recent is not None:
+                await self.recent.mark(
+                    [
+                        r.key
+                        for series in by_tenant.values()
+                        for *_, refs in series.values()
+                        for r in refs
+                    ]
+                )
             # Only now, with chunks and index durable, drop them from memory and the WAL.
             done = {id(c) for _, c in todo}
             for key, s in list(self.streams.items()):

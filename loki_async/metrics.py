@@ -14,13 +14,24 @@ DISCARDED_SAMPLES = Counter(
 )
 DISCARDED_BYTES = Counter("loki_discarded_bytes_total", "Bytes discarded.", ["reason", "tenant"])
 
+REPLICA_REPAIRS = Counter(
+    "loki_distributor_replica_repairs_total",
+    "Pushes re-sent to a replica that failed them: repaired, failed (gave up), dropped"
+    " (over the memory bound).",
+    ["outcome"],
+)
 INGESTER_STREAMS = Gauge("loki_ingester_memory_streams", "Streams held in memory.")
 INGESTER_CHUNKS_FLUSHED = Counter(
     "loki_ingester_chunks_flushed_total", "Chunks flushed.", ["reason"]
 )
 INGESTER_CHUNKS_DEDUPED = Counter(
     "loki_ingester_chunks_upload_skipped_total",
-    "Chunk uploads skipped because the object already existed.",
+    "Chunk uploads skipped: recent (the chunks-recent cache knew it, index entry skipped"
+    " too) or exists (the object store already had it).",
+    ["reason"],
+)
+INGESTER_CHUNKS_UPLOADED = Counter(
+    "loki_ingester_chunks_uploaded_total", "Chunks this ingester wrote to the object store."
 )
 INGESTER_CHUNK_BYTES = Counter(
     "loki_ingester_chunk_stored_bytes_total", "Compressed chunk bytes flushed."

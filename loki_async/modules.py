@@ -33,13 +33,13 @@ from . import bus
 from .api import API
 from .config import Config
 from .coprocessor_host import Registry
-from .distributor import Distributor, NATSIngesterClient
+from .distributor import Distributor, NATSIngesterClient, ReplicaRepair
 from .frontend import Frontend, SplitResults
 from .ingester import Ingester
 from .objstore import FilesystemObjectClient, ObjectClient, S3ObjectClient
 from .querier import Querier
 from .ring import Lifecycler, Ring
-from .store import Store
+from .store import RecentChunks, Store
 from .tickets import Tickets
 from .wal import WAL
 from .worker import QuerierWorker
@@ -196,15 +196,22 @@ class App:
                     heartbeat_period_s=lc.heartbeat_period_s,
                 ),
                 coprocessors=self.coprocessors,
+                recent=await RecentChunks.open(js, cfg.nats.replicas),
             )
             await self.ingester.start()
         if "distributor" in self.modules:
             assert self.ring is not None, "BUG: distributor without ring"
+            ingesters = NATSIngesterClient(self.nc, cfg.nats.request_timeout_s)
             self.distributor = Distributor(
                 cfg.limits_config,
                 self.ring,
-                NATSIngesterClient(self.nc, cfg.nats.request_timeout_s),
+                ingesters,
                 self.coprocessors,
+                repair=(
+                    ReplicaRepair(ingesters, cfg.distributor.replica_repair_max_bytes)
+                    if cfg.distributor.replica_repair
+                    else None
+                ),
             )
             if self.ingester is not None:
                 await self.ring.wait_for_healthy(1, 10)
@@ -220,6 +227,7 @@ class App:
         self.api.distributor = self.distributor
         self.api.querier = self.querier
         self.api.ingester = self.ingester
+        self.api.ring = self.ring
         if "query-frontend" in self.modules or "querier-worker" in self.modules:
             await self._start_async_queries(js)
         self._started = True
@@ -285,6 +293,8 @@ class App:
             self._runner = None
         if self.worker is not None:
             await self.worker.stop()
+        if self.distributor is not None and self.distributor.repair is not None:
+            await self.distributor.repair.stop()
         if self.ingester is not None:
             await self.ingester.stop()
         if self.ring is not None:

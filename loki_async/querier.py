@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import logging
 import time
 from array import array
 from collections.abc import Iterable, Sequence
@@ -28,6 +29,7 @@ from .chunk import Block, ChunkReader, Codec, build_block, decode_block
 from .config import QuerierConfig
 from .coprocessor import ChunkRef as PluginChunkRef
 from .coprocessor import IndexRequest
+from .errors import LokiError, Unavailable
 from .ingester import piece_block
 from .labels import label_map
 from .logql import parse_log_selector
@@ -36,6 +38,8 @@ from .logql.engine import SampleSeries
 from .logql.pipeline import LineLabels, compile_pipeline, compile_sample_extractor
 from .ring import Ring
 from .store import ChunkRef, Store
+
+log = logging.getLogger(__name__)
 
 FORWARD, BACKWARD = "forward", "backward"
 FLUSH_TIMEOUT_S = 600.0
@@ -105,11 +109,34 @@ class Querier:
     async def _ask_ingesters(
         self, subject: str, req: dict[str, Any], stream: bool = False
     ) -> list[Any]:
-        members = self.ring.healthy()
+        """Ask every live ingester. Replies of those that fail are left out as long as
+        the ring's replication allows it (every acknowledged line is on a quorum of its
+        replicas); beyond that the read fails with 503 rather than answer partially."""
+        members, tolerated = self.ring.read_set()
+        if tolerated < 0:
+            raise Unavailable(
+                "too many unhealthy ingesters in the ring: "
+                f"{self.ring.replication_factor // 2 - tolerated} of {len(self.ring.members())}"
+                f" are not answering (replication factor {self.ring.replication_factor} "
+                f"tolerates {self.ring.replication_factor // 2})"
+            )
         call = bus.request_stream if stream else bus.request
-        return await asyncio.gather(
-            *(call(self.nc, subject.format(id=m.id), req, self.timeout_s) for m in members)
+        results = await asyncio.gather(
+            *(call(self.nc, subject.format(id=m.id), req, self.timeout_s) for m in members),
+            return_exceptions=True,
         )
+        failed = [
+            (m, r) for m, r in zip(members, results, strict=True) if isinstance(r, BaseException)
+        ]
+        for _, r in failed:
+            if not isinstance(r, Exception) or (isinstance(r, LokiError) and r.status < 500):
+                raise r  # a bad request or a cancellation is not an unhealthy ingester
+        if len(failed) > tolerated:
+            m, r = failed[0]
+            raise Unavailable(f"ingester {m.id} failed: {r}")
+        for m, r in failed:
+            log.warning("ingester %s failed a read, answering from its replicas: %s", m.id, r)
+        return [r for r in results if not isinstance(r, BaseException)]
 
     # ------------------------------------------------------------------ blocks
 
@@ -374,7 +401,7 @@ class Querier:
 
     async def flush(self) -> int:
         """Ask every ingester to flush all its chunks now (Loki's ``/flush``)."""
-        members = self.ring.healthy()
+        members, _ = self.ring.read_set()
         done = await asyncio.gather(
             *(
                 bus.request(self.nc, bus.INGESTER_FLUSH.format(id=m.id), {}, FLUSH_TIMEOUT_S)
@@ -409,6 +436,15 @@ def _dedupe(blocks: list[Block]) -> list[Block]:
 
 
 def _merge_group(group: list[Block]) -> Block:
+    if len(group) > 1:
+        # Replicas cut identical blocks: keep one of each (compared as bytes, in C).
+        unique: dict[tuple[bytes, ...], Block] = {}
+        for b in group:
+            key = (b.ts.tobytes(), array("q", b.offsets).tobytes(), b.blob, b.meta_blob)
+            if b.meta_offsets is not None:
+                key += (array("q", b.meta_offsets).tobytes(),)
+            unique.setdefault(key, b)
+        group = list(unique.values())
     if len(group) == 1:
         # Fast path: no overlap, nothing to de-duplicate.
         return group[0]

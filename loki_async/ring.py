@@ -3,8 +3,18 @@
 Each ingester owns ``num_tokens`` 32-bit tokens derived from its id (stable across
 restarts, so a restarted ingester gets its streams back) and heartbeats its entry.
 Distributors and queriers watch the bucket and keep the ring in memory. A stream's key
-(hash of tenant and canonical labels) maps to the first token at or after it; the
-owners are the next ``rf`` distinct healthy ingesters clockwise.
+(hash of tenant and canonical labels) maps to the first token at or after it; its
+replica set is the next ``rf`` distinct ingesters clockwise.
+
+As in Loki's ring, the two operations see the members differently:
+
+- **write**: only ACTIVE members with a fresh heartbeat take pushes. A JOINING or LEAVING
+  member on the way *extends* the set by one, so a graceful scale-down keeps RF live
+  replicas; a member whose heartbeat timed out does not (it counts as a failed replica,
+  and the quorum decides).
+- **read**: ACTIVE, JOINING and LEAVING members with a fresh heartbeat answer queries (a
+  LEAVING ingester holds data until its flush ends). Every acknowledged line is on at
+  least a quorum of its replicas, so a read survives ``rf // 2`` missing ingesters.
 """
 
 from __future__ import annotations
@@ -57,8 +67,26 @@ class IngesterDesc:
     tokens: tuple[int, ...]
     heartbeat_ns: int
 
+    def alive(self, now_ns: int, timeout_s: float) -> bool:
+        """Its heartbeat is recent enough."""
+        return now_ns - self.heartbeat_ns <= timeout_s * 1e9
+
     def healthy(self, now_ns: int, timeout_s: float) -> bool:
-        return self.state == ACTIVE and now_ns - self.heartbeat_ns <= timeout_s * 1e9
+        """Takes writes: ACTIVE with a fresh heartbeat."""
+        return self.state == ACTIVE and self.alive(now_ns, timeout_s)
+
+    def readable(self, now_ns: int, timeout_s: float) -> bool:
+        """Answers reads: any registered state with a fresh heartbeat."""
+        return self.state in (ACTIVE, JOINING, LEAVING) and self.alive(now_ns, timeout_s)
+
+    def to_json(self, now_ns: int, timeout_s: float) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "state": self.state,
+            "tokens": len(self.tokens),
+            "heartbeat_age_s": round((now_ns - self.heartbeat_ns) / 1e9, 3),
+            "healthy": self.healthy(now_ns, timeout_s),
+        }
 
 
 async def open_bucket(js: JetStreamContext) -> KeyValue:
@@ -83,9 +111,10 @@ class Ring:
         self._synced = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
+        self._kv: KeyValue | None = None
 
     async def start(self) -> None:
-        kv = await open_bucket(self.js)
+        kv = self._kv = await open_bucket(self.js)
         watcher = await kv.watchall()
         self._task = asyncio.get_running_loop().create_task(self._watch(watcher))
         await asyncio.wait_for(self._synced.wait(), 10)
@@ -121,19 +150,47 @@ class Ring:
         return self._synced.is_set()
 
     def healthy(self) -> list[IngesterDesc]:
+        """Members that take writes."""
         now = time.time_ns()
         return [m for m in self._members.values() if m.healthy(now, self.heartbeat_timeout_s)]
+
+    def read_set(self) -> tuple[list[IngesterDesc], int]:
+        """Members to ask on a read, and how many of their failures a read survives
+        (``rf // 2``, less the members already unreachable)."""
+        now = time.time_ns()
+        live = [m for m in self._members.values() if m.readable(now, self.heartbeat_timeout_s)]
+        return live, self.replication_factor // 2 - (len(self._members) - len(live))
 
     def members(self) -> list[IngesterDesc]:
         return list(self._members.values())
 
+    def status(self) -> list[dict[str, object]]:
+        """Every member as the ``/ring`` page shows it."""
+        now = time.time_ns()
+        return [
+            m.to_json(now, self.heartbeat_timeout_s)
+            for m in sorted(self._members.values(), key=lambda m: m.id)
+        ]
+
+    async def forget(self, instance_id: str) -> bool:
+        """Remove a member for good (a dead ingester that will not come back), as the
+        Forget button of Loki's ring page. False if there was no such member."""
+        if instance_id not in self._members or self._kv is None:
+            return False
+        await self._kv.delete(instance_id)
+        self._members.pop(instance_id, None)
+        self._rebuild()
+        return True
+
     def get(self, key: int, rf: int | None = None) -> tuple[list[IngesterDesc], int]:
-        """Owners of ``key``: up to rf distinct healthy ingesters, and how many were unhealthy."""
-        rf = rf or self.replication_factor
+        """The write replicas of ``key``: up to rf distinct live ACTIVE ingesters, and how
+        many of the set are dead. JOINING/LEAVING members are passed over and extend the
+        set; dead ones (heartbeat timed out) stay in it as failures."""
+        want = rf or self.replication_factor
         now = time.time_ns()
         out: list[IngesterDesc] = []
         seen: set[str] = set()
-        unhealthy = 0
+        dead = 0
         n = len(self._tokens)
         start = bisect_left(self._tokens, key)
         for i in range(n):
@@ -142,13 +199,14 @@ class Ring:
                 continue
             seen.add(owner)
             desc = self._members[owner]
-            if desc.healthy(now, self.heartbeat_timeout_s):
+            if not desc.alive(now, self.heartbeat_timeout_s):
+                dead += 1
+            elif desc.state == ACTIVE:
                 out.append(desc)
-            else:
-                unhealthy += 1
-            if len(out) + unhealthy >= rf:
+            # else JOINING/LEAVING: extend the set past it
+            if len(out) + dead >= want:
                 break
-        return out, unhealthy
+        return out, dead
 
     async def wait_for_healthy(self, n: int, timeout: float) -> None:
         deadline = time.monotonic() + timeout

@@ -15,11 +15,13 @@ once. Refs of the same chunk written by several ingesters collapse to one at rea
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import time
 import zlib
 from dataclasses import dataclass, field
+from typing import Any
 
 import msgpack
 import zstandard
@@ -51,6 +53,64 @@ class Series:
     labels: str
     fp: int
     chunks: dict[str, ChunkRef] = field(default_factory=dict)
+
+
+class RecentChunks:
+    """Ids of chunks recently uploaded *and indexed*, in the JetStream KV bucket
+    ``chunks-recent`` (a TTL cache shared by all ingesters, as Loki's chunk cache).
+    A replica that finds its chunk here skips the upload and the index entry alike:
+    the first uploader wrote both before marking it."""
+
+    def __init__(self, kv: Any) -> None:
+        self.kv = kv
+
+    @staticmethod
+    async def open(js: Any, replicas: int = 1) -> RecentChunks:
+        from nats.js.api import KeyValueConfig, StorageType
+        from nats.js.errors import BadRequestError
+
+        from . import bus
+
+        config = KeyValueConfig(
+            bucket=bus.CHUNKS_RECENT_BUCKET,
+            history=1,
+            ttl=bus.CHUNKS_RECENT_TTL_S,
+            storage=StorageType.FILE,
+            replicas=replicas,
+        )
+
+        async def create() -> Any:
+            try:
+                return await js.create_key_value(config)
+            except BadRequestError:  # exists with other settings: use it as it is
+                return await js.key_value(bus.CHUNKS_RECENT_BUCKET)
+
+        return RecentChunks(await bus.js_retry(create, "create bucket chunks-recent"))
+
+    @staticmethod
+    def _id(key: str) -> str:
+        return hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
+
+    async def seen(self, key: str) -> bool:
+        """Whether ``key`` was uploaded and indexed recently. A failing cache answers
+        False: the upload's put-if-absent still stores the chunk once."""
+        from nats.js.errors import KeyNotFoundError
+
+        try:
+            entry = await self.kv.get(self._id(key))
+        except KeyNotFoundError:
+            return False
+        except Exception as e:  # NATS trouble: fall back to the object store's check
+            log.warning("chunks-recent lookup failed: %s", e)
+            return False
+        return bool(entry.value)
+
+    async def mark(self, keys: list[str]) -> None:
+        """Record ``keys`` as uploaded and indexed (best effort)."""
+        try:
+            await asyncio.gather(*(self.kv.put(self._id(k), b"1") for k in keys))
+        except Exception as e:  # only costs a redundant check later
+            log.warning("chunks-recent update failed: %s", e)
 
 
 class Store:

@@ -340,6 +340,9 @@ class Ingester:
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
+        """Register JOINING (the ring shows the replay; distributors pass over it), replay
+        the WAL, subscribe, turn ACTIVE."""
+        await self.lifecycler.start()
         if self.wal is not None:
             n = 0
             for seg, payload in self.wal.replay():
@@ -362,7 +365,6 @@ class Ingester:
                 self.nc, bus.INGESTER_QUERY.format(id=self.id), self._handle_query
             )
         )
-        await self.lifecycler.start()
         await self.lifecycler.set_state(ACTIVE)
         self._flush_task = asyncio.get_running_loop().create_task(self._flush_loop())
         self._ready = True

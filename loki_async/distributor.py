@@ -93,6 +93,7 @@ class Distributor:
     ) -> None:
         self.limits = limits
         self.repair = repair
+        self._inflight: set[asyncio.Task[None]] = set()  # replica sends past the quorum
         self.coprocessors = coprocessors
         self.ring = ring
         self.ingesters = ingesters
@@ -266,19 +267,22 @@ class Distributor:
         return labels
 
     async def _replicate(self, tenant: str, streams: list[ValidStream]) -> None:
+        """Send every stream to its replicas in parallel and return as soon as each
+        stream has a quorum of acknowledgements (a slow or dying replica does not hold
+        the push up); raise once some stream can no longer reach one."""
         rf = self.ring.replication_factor
         quorum = rf // 2 + 1
         per_ingester: dict[str, tuple[IngesterDesc, list[int]]] = {}
-        owners_of: list[list[str]] = []
+        owners_of: list[tuple[list[str], int]] = []  # per stream: live replicas, dead ones
         for idx, s in enumerate(streams):
-            owners, _ = self.ring.get(stream_key(tenant, s.labels), rf)
+            owners, dead = self.ring.get(stream_key(tenant, s.labels), rf)
             if len(owners) < quorum:
                 raise Unavailable(
                     f"at least {quorum} live ingesters required, could only find "
                     f"{len(owners)} for stream {s.labels} (replication factor {rf}); "
                     "retry once the ingesters are back"
                 )
-            owners_of.append([o.id for o in owners])
+            owners_of.append(([o.id for o in owners], dead))
             for o in owners:
                 per_ingester.setdefault(o.id, (o, []))[1].append(idx)
 
@@ -294,10 +298,28 @@ class Distributor:
                 raise Unavailable(f"failpoint distributor.replica_send: push to {i} not sent")
             await self.ingesters.push(per_ingester[i][0], payloads[i])
 
-        results = await asyncio.gather(*(send(i) for i in ids), return_exceptions=True)
-        ok = {i for i, r in zip(ids, results, strict=True) if r is None}
-        errs = {i: r for i, r in zip(ids, results, strict=True) if r is not None}
-        for idx, owners in enumerate(owners_of):
+        loop = asyncio.get_running_loop()
+        tasks = {loop.create_task(send(i)): i for i in ids}
+        ok: set[str] = set()
+        errs: dict[str, BaseException] = {}
+
+        def undecided() -> bool:
+            for owners, _ in owners_of:
+                acked = sum(o in ok for o in owners)
+                if acked < quorum and len(owners) - sum(o in errs for o in owners) >= quorum:
+                    return True  # can still reach its quorum: wait
+            return False
+
+        pending = set(tasks)
+        while pending and undecided():
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for t in done:
+                err = t.exception()
+                if err is None:
+                    ok.add(tasks[t])
+                else:
+                    errs[tasks[t]] = err
+        for idx, (owners, dead) in enumerate(owners_of):
             acked = sum(o in ok for o in owners)
             if acked >= quorum:
                 continue
@@ -307,17 +329,34 @@ class Distributor:
                 raise err
             if not isinstance(err, Exception):
                 raise err  # cancelled
-            reasons = "; ".join(f"{o}: {errs[o]}" for o in failed)
+            reasons = [f"{o}: {errs[o]}" for o in failed]
+            if dead:
+                reasons.append(f"{dead} dead in the ring")
             raise Unavailable(
                 f"quorum not reached for stream {streams[idx].labels}: {acked} of "
-                f"{len(owners)} ingesters acknowledged, {quorum} required ({reasons}); "
-                "nothing of this push is guaranteed stored, retry it"
+                f"{len(owners) + dead} replicas acknowledged, {quorum} required "
+                f"({'; '.join(reasons)}); nothing of this push is guaranteed stored, retry it"
             )
-        # Acknowledged. A replica that failed its part (a dropped request, a restart)
-        # gets it again in the background, so replicas converge and cut identical chunks.
+        # Acknowledged. A replica that failed its part (a dropped request, a restart), or
+        # fails it later, gets it again in the background, so replicas converge and cut
+        # identical chunks.
         for i, err in errs.items():
-            if isinstance(err, Unavailable) and self.repair is not None:
-                self.repair.submit(per_ingester[i][0], payloads[i])
+            self._repair(per_ingester[i][0], payloads[i], err)
+        for t in pending:
+            self._inflight.add(t)
+            t.add_done_callback(self._late_reply(per_ingester[tasks[t]][0], payloads[tasks[t]]))
+
+    def _late_reply(self, desc: IngesterDesc, payload: bytes) -> Any:
+        def done(t: asyncio.Task[None]) -> None:
+            self._inflight.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                self._repair(desc, payload, t.exception())
+
+        return done
+
+    def _repair(self, desc: IngesterDesc, payload: bytes, err: BaseException | None) -> None:
+        if isinstance(err, Unavailable) and self.repair is not None:
+            self.repair.submit(desc, payload)
 
 
 class ReplicaRepair:

@@ -406,9 +406,15 @@ class Querier:
             *(
                 bus.request(self.nc, bus.INGESTER_FLUSH.format(id=m.id), {}, FLUSH_TIMEOUT_S)
                 for m in members
-            )
+            ),
+            return_exceptions=True,
         )
-        return sum(done)
+        failed = [(m.id, r) for m, r in zip(members, done, strict=True) if isinstance(r, Exception)]
+        if failed and len(failed) == len(members):
+            raise Unavailable(f"no ingester could flush: {failed[0][0]}: {failed[0][1]}")
+        for name, err in failed:  # a dying ingester: its replicas hold its data
+            log.warning("ingester %s could not flush: %s", name, err)
+        return sum(r for r in done if isinstance(r, int))
 
 
 def _match(matchers: Iterable[Matcher], labels: str) -> bool:

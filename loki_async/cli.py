@@ -6,7 +6,7 @@ import asyncio
 import signal
 import sys
 
-from . import __version__, config, logs
+from . import __version__, config, failpoints, logs
 from .errors import ConfigError, LokiError
 
 USAGE = """usage: loki-async [-config.file=PATH] [-target=TARGET] [-FLAG=VALUE ...]
@@ -43,8 +43,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"loki-async, version {__version__}")
             return 0
         cfg = config.load(cmd)
+        failpoints.load()
     except ConfigError as e:
         print(e.message, file=sys.stderr)
+        return 1
+    except ValueError as e:  # a malformed LOKI_ASYNC_FAILPOINTS
+        print(e, file=sys.stderr)
         return 1
     if cmd.print_config:
         print(config.dump(cfg), end="")

@@ -10,7 +10,7 @@ Set ``LOKI_ASYNC_FAILPOINTS`` before a process starts, as a comma-separated list
 | ``distributor.replica_send`` | a push's send to one of its replicas fails (503) unsent |
 
 Unset, every point is off and costs one dict lookup. A malformed value stops the
-process at start with a message naming the variable.
+process at start with a message naming the variable (``load`` is called by the CLI).
 """
 
 from __future__ import annotations
@@ -42,8 +42,13 @@ def parse(text: str) -> dict[str, float]:
     return out
 
 
-_active: dict[str, float] = parse(os.environ.get(ENV, ""))
+_active: dict[str, float] = {}
 _rng = random.Random()
+
+
+def load() -> None:
+    """Activate the failpoints of ``LOKI_ASYNC_FAILPOINTS``; ValueError if malformed."""
+    configure(os.environ.get(ENV, ""))
 
 
 def hit(name: str) -> bool:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from loki_async import failpoints
 from loki_async.chunk import ChunkReader, Codec
 from loki_async.config import IngesterConfig, LimitsConfig
 from loki_async.distributor import Distributor, ReplicaRepair
@@ -312,3 +313,18 @@ async def test_repair_memory_is_bounded() -> None:
     repair.submit(desc("c"), b"x" * 8)  # over the bound: dropped, counted
     assert repair.pending_bytes == 8
     await repair.stop()
+
+
+def test_failpoints_parse_and_name_what_is_wrong() -> None:
+    assert failpoints.parse(" distributor.replica_send=0.01 ,") == {
+        "distributor.replica_send": 0.01
+    }
+    for bad in ("nope=0.1", "distributor.replica_send", "distributor.replica_send=2"):
+        with pytest.raises(ValueError, match=failpoints.ENV):
+            failpoints.parse(bad)
+    failpoints.configure("distributor.replica_send=1")
+    try:
+        assert failpoints.hit("distributor.replica_send")
+    finally:
+        failpoints.configure("")
+    assert not failpoints.hit("distributor.replica_send")

@@ -27,6 +27,22 @@
                    planned, skipped and executed, bytes and lines processed, and one async
                    run with its ticket's progress. Exits 1 if on and off (or async and
                    sync) return different results, or a search misses a trace's lines.
+``bench dedup``    self-contained: what replication costs in the store. Generates one
+                   seeded dataset (loghub systems split over hosts and synthetic
+                   services; zipf-skewed volumes over ``--hours``) and pushes it, from
+                   ``--clients`` concurrent clients each owning some streams (random
+                   batch sizes, jittered pauses, protobuf and JSON bodies), to fresh
+                   clusters: an RF=1 baseline (nats-server, one ``-target=ingester``, one
+                   ``-target=distributor``) and each of ``--scenarios``: ``rf3`` (three
+                   ingesters started ``--stagger`` s apart, RF=3), ``rf3_fault`` (the
+                   distributor's ``distributor.replica_send`` failpoint at ``--fault``:
+                   a push misses one replica; replica repair on) and
+                   ``rf3_fault_no_repair``. After ``POST /flush`` on each ingester it
+                   reports stored chunk and index bytes against the baseline (the
+                   amplification), chunks flushed, uploaded and skipped, repairs, and
+                   where chunks differ from the baseline's. Every entry of every stored
+                   chunk is checked against the data. Exits 1 if a store does not hold
+                   exactly the lines pushed.
 """
 
 from __future__ import annotations
@@ -54,7 +70,7 @@ from pathlib import Path
 from typing import Any, Self
 
 from .config import IngesterConfig
-from .logproto import PushStream, encode_push_json, encode_push_protobuf
+from .logproto import PushStream, encode_push_json, encode_push_protobuf, format_labels
 
 NS = 10**9
 LOGHUB = Path(__file__).resolve().parents[2] / "shared" / "data" / "loghub"
@@ -308,32 +324,21 @@ def run_storage(args: argparse.Namespace) -> dict[str, Any]:
     from array import array
 
     from .chunk import Codec, encode_chunk
-    from .ingester import MemChunk
+    from .ingester import Chunker, MemChunk
 
     cfg = IngesterConfig()
     codec = Codec(cfg.zstd_level)
+    chunker = Chunker(codec, cfg.chunk_block_size, cfg.chunk_target_size, 1e12)
     systems = loghub_lines(Path(args.loghub_dir))
     per_system = {}
     total_raw = total_stored = total_chunks = 0
     t0 = time.perf_counter()
     for name, lines in systems.items():
         lines = lines * args.repeat
-        chunks = [MemChunk()]
-        raw = 0
-        for i, line in enumerate(lines):
-            c = chunks[-1]
-            c.head.append(
-                array("q", [i * 1000]).tobytes(), array("I", [len(line)]).tobytes(), line, None
-            )
-            c.mint, c.maxt = min(c.mint, i * 1000), max(c.maxt, i * 1000)
-            raw += len(line)
-            if len(c.head.blob) >= cfg.chunk_block_size:
-                c.cut(codec)
-                if c.compressed_bytes >= cfg.chunk_target_size:
-                    c.close(codec, "full", cfg.chunk_block_size)
-                    chunks.append(MemChunk())
-        if chunks[-1].head.ts or chunks[-1].blocks:
-            chunks[-1].close(codec, "forced", cfg.chunk_block_size)
+        raw = sum(map(len, lines))
+        ts = array("q", range(0, len(lines) * 1000, 1000))
+        chunks = chunker.append(MemChunk(), ts, array("I", map(len, lines)), b"".join(lines), None)
+        chunks[-1:] = chunker.close(chunks[-1], "forced")
         stored = sum(len(encode_chunk(c.blocks)) for c in chunks if c.blocks)
         per_system[name] = {
             "raw_bytes": raw,
@@ -399,12 +404,20 @@ class Child:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def spawn(name: str, cmd: list[str], workdir: Path) -> Child:
+def spawn(
+    name: str, cmd: list[str], workdir: Path, env_extra: dict[str, str | None] | None = None
+) -> Child:
     """Start ``cmd`` with its output in ``workdir/<name>.log``; it gets SIGTERM if this
-    process dies (Linux), so nothing outlives a killed benchmark."""
+    process dies (Linux), so nothing outlives a killed benchmark. ``env_extra`` sets (or,
+    with None, removes) environment variables of the child."""
     from .bus import _die_with_parent
 
     env = dict(os.environ)  # this checkout's package, installed or not
+    for k, v in (env_extra or {}).items():
+        if v is None:
+            env.pop(k, None)
+        else:
+            env[k] = v
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     log = open(workdir / f"{name}.log", "ab")
     proc = subprocess.Popen(
@@ -469,14 +482,21 @@ def loki_config(workdir: Path, nats_url: str, port: int, concurrency: int) -> di
     }
 
 
-def start_loki(workdir: Path, name: str, target: str, cfg: dict[str, Any]) -> Child:
-    """``loki-async -target=<target>`` with ``cfg``; returns once ``/ready`` answers 200."""
+def start_loki(
+    workdir: Path,
+    name: str,
+    target: str,
+    cfg: dict[str, Any],
+    env: dict[str, str | None] | None = None,
+) -> Child:
+    """``loki-async -target=<target>`` with ``cfg`` (``env``: see :func:`spawn`); returns
+    once ``/ready`` answers 200."""
     import yaml
 
     path = workdir / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     cmd = [sys.executable, "-m", "loki_async.cli", f"-config.file={path}", f"-target={target}"]
-    child = spawn(name, cmd, workdir)
+    child = spawn(name, cmd, workdir, env)
     child.url = f"http://127.0.0.1:{cfg['server']['http_listen_port']}"
     try:
         wait_ready(child)
@@ -1323,6 +1343,738 @@ async def run_trace(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]
         return result
 
 
+# --------------------------------------------------------------------------- bench dedup
+
+DEDUP_TENANT = "dedup"
+DEDUP_JOB = "dedup"
+# name: (the failpoint is on, replica repair is on)
+DEDUP_SCENARIOS: dict[str, tuple[bool, bool]] = {
+    "rf3": (False, True),
+    "rf3_fault": (True, True),
+    "rf3_fault_no_repair": (True, False),
+}
+DEDUP_TARGETS = {"rf3": 1.05, "rf3_fault": 1.10}  # amplification at most
+FAILPOINTS_ENV = "LOKI_ASYNC_FAILPOINTS"
+REPLICA_FAILPOINT = "distributor.replica_send"
+
+
+@dataclass
+class DedupStream:
+    """One stream of ``bench dedup``'s data: labels in canonical (sorted) order, entries
+    with strictly increasing ns timestamps."""
+
+    labels: list[tuple[str, str]]
+    kind: str  # loghub | synthetic
+    ts: list[int]
+    lines: list[bytes]
+
+    @property
+    def canonical(self) -> str:
+        return format_labels(self.labels)
+
+
+def zipf_counts(total: int, n: int, s: float, minimum: int, rng: random.Random) -> list[int]:
+    """``total`` split over ``n`` items with zipf(``s``) weights over a random ranking (a
+    few heavy items, many light ones), each at least ``minimum``; sums to ``total``."""
+    minimum = min(minimum, total // max(n, 1))
+    ranks = list(range(n))
+    rng.shuffle(ranks)
+    weights = [1 / (r + 1) ** s for r in ranks]
+    rest, wsum = total - minimum * n, sum(weights)
+    exact = [rest * w / wsum for w in weights]
+    counts = [int(x) for x in exact]
+    for i in sorted(range(n), key=lambda i: counts[i] - exact[i])[: rest - sum(counts)]:
+        counts[i] += 1  # largest remainders
+    return [c + minimum for c in counts]
+
+
+def dedup_dataset(
+    lines: int,
+    streams: int,
+    hours: float,
+    end_ns: int,
+    seed: int = 42,
+    zipf_s: float = 1.1,
+    systems: dict[str, list[bytes]] | None = None,
+) -> list[DedupStream]:
+    """``bench dedup``'s data, a function of its arguments: ``streams`` streams (two in
+    five are loghub systems, each split over ``host`` values, the others synthetic
+    services with ``app``, ``level`` and ``instance`` labels) sharing ``lines`` entries
+    with zipf-skewed volumes, each stream's timestamps spread over the ``hours`` before
+    ``end_ns`` in ns precision, strictly increasing."""
+    rng = random.Random(seed)
+    systems = loghub_lines() if systems is None else systems
+    names = sorted(systems)
+    n_loghub = min(max(streams * 2 // 5, 1), streams)
+    counts = zipf_counts(lines, streams, zipf_s, 5, rng)
+    span = int(hours * HOUR_NS)
+    start = end_ns - span
+    out = []
+    for i, n in enumerate(counts):
+        if i < n_loghub:
+            system = names[i % len(names)]
+            host = f"{system.lower()}-{i // len(names) + 1:02d}"
+            labels = [("host", host), ("job", DEDUP_JOB), ("source", "loghub")]
+            labels.append(("system", system))
+            pool = systems[system]
+            first = rng.randrange(len(pool))
+            # Valid UTF-8, so that JSON bodies carry the line unchanged.
+            body = [
+                pool[(first + k) % len(pool)].decode("utf-8", "replace").encode() for k in range(n)
+            ]
+            kind = "loghub"
+        else:
+            j = i - n_loghub
+            app, level = APPS[j % len(APPS)], LEVELS[j // len(APPS) % len(LEVELS)]
+            instance = f"{app}-{j // (len(APPS) * len(LEVELS))}"
+            labels = [("app", app), ("instance", instance), ("job", DEDUP_JOB)]
+            labels += [("level", level), ("source", "synthetic")]
+            fmt = "json" if j // (len(APPS) * len(LEVELS)) % 2 else "logfmt"
+            body = [synthetic_line(rng, level, fmt=fmt) for _ in range(n)]
+            kind = "synthetic"
+        ts = sorted(start + rng.randrange(span) for _ in range(n))
+        for k in range(1, n):  # strictly increasing
+            if ts[k] <= ts[k - 1]:
+                ts[k] = ts[k - 1] + 1
+        out.append(DedupStream(labels, kind, ts, body))
+    return out
+
+
+@dataclass
+class DedupPush:
+    """One request of one client: its encoded body and the pause before it."""
+
+    body: bytes
+    fmt: str  # protobuf | json
+    lines: int
+    sleep_s: float
+
+
+def dedup_clients(data: list[DedupStream], clients: int) -> list[list[int]]:
+    """Disjoint sets of streams, one per client (as files among Promtails): heaviest
+    stream first, to the client with the fewest lines so far."""
+    owned: list[list[int]] = [[] for _ in range(clients)]
+    load = [0] * clients
+    for i in sorted(range(len(data)), key=lambda i: (-len(data[i].ts), i)):
+        c = min(range(clients), key=lambda c: (load[c], c))
+        owned[c].append(i)
+        load[c] += len(data[i].ts)
+    return owned
+
+
+def dedup_pushes(
+    data: list[DedupStream],
+    clients: int,
+    seed: int = 42,
+    batch: tuple[int, int] = (50, 1000),
+    jitter_ms: float = 20.0,
+    json_share: float = 0.25,
+) -> list[list[DedupPush]]:
+    """Each client's requests, in order: the entries of the client's streams in time
+    order, cut into batches of random size (uniform in ``batch``), each a protobuf body
+    or, with probability ``json_share``, a JSON one, after a random pause (uniform in
+    [0, 2 * ``jitter_ms``])."""
+    import heapq
+
+    rng = random.Random(seed + 1)
+    out = []
+    for owned in dedup_clients(data, clients):
+        entries = list(heapq.merge(*([(t, i, k) for k, t in enumerate(data[i].ts)] for i in owned)))
+        pushes = []
+        pos = 0
+        while pos < len(entries):
+            part = entries[pos : pos + rng.randint(*batch)]
+            pos += len(part)
+            by_stream: dict[int, PushStream] = {}
+            for t, i, k in part:
+                ps = by_stream.get(i)
+                if ps is None:
+                    ps = by_stream[i] = PushStream(data[i].labels, [], [], None)
+                ps.timestamps.append(t)
+                ps.lines.append(data[i].lines[k])
+            fmt = "json" if rng.random() < json_share else "protobuf"
+            encode = encode_push_json if fmt == "json" else encode_push_protobuf
+            body = encode(list(by_stream.values()))
+            pushes.append(DedupPush(body, fmt, len(part), rng.uniform(0, 2 * jitter_ms) / 1000))
+        out.append(pushes)
+    return out
+
+
+def dedup_expected(data: list[DedupStream]) -> dict[tuple[int, int], bytes]:
+    """Every entry of the data by (stream fingerprint, timestamp)."""
+    from .labels import fingerprint
+
+    out: dict[tuple[int, int], bytes] = {}
+    for s in data:
+        fp = fingerprint(s.canonical)
+        out.update(zip(((fp, t) for t in s.ts), s.lines, strict=True))
+    return out
+
+
+def dataset_figures(data: list[DedupStream], pushes: list[list[DedupPush]]) -> dict[str, Any]:
+    sizes = sorted((len(s.ts) for s in data), reverse=True)
+    total = sum(sizes)
+    first = min(s.ts[0] for s in data if s.ts)
+    last = max(s.ts[-1] for s in data if s.ts)
+    flat = [p for ps in pushes for p in ps]
+    return {
+        "lines": total,
+        "streams": len(data),
+        "loghub_streams": sum(s.kind == "loghub" for s in data),
+        "synthetic_streams": sum(s.kind == "synthetic" for s in data),
+        "raw_mb": round(sum(len(ln) for s in data for ln in s.lines) / 1e6, 2),
+        "lines_per_stream": {
+            "max": sizes[0],
+            "median": sizes[len(sizes) // 2],
+            "min": sizes[-1],
+            "top10_share": round(sum(sizes[:10]) / total, 3),
+        },
+        "range": {
+            "start": iso(first),
+            "end": iso(last),
+            "hours": round((last - first) / HOUR_NS, 2),
+        },
+        "requests": len(flat),
+        "json_requests": sum(p.fmt == "json" for p in flat),
+        "request_mb": round(sum(len(p.body) for p in flat) / 1e6, 2),
+    }
+
+
+def parse_metrics(text: str) -> dict[str, dict[str, float]]:
+    """Prometheus text → {sample name: {label values joined by ',': value}}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, dict[str, float]] = {}
+    for fam in text_string_to_metric_families(text):
+        for smp in fam.samples:
+            key = ",".join(f"{k}={v}" for k, v in sorted(smp.labels.items()))
+            out.setdefault(smp.name, {})[key] = smp.value
+    return out
+
+
+def ingester_figures(m: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """The chunk flush counters of one ingester's /metrics."""
+
+    def by(name: str, label: str) -> dict[str, int]:
+        return {
+            k.split("=", 1)[1]: int(v)
+            for k, v in m.get(name, {}).items()
+            if k.startswith(f"{label}=")
+        }
+
+    flushed = by("loki_ingester_chunks_flushed_total", "reason")
+    skipped = by("loki_ingester_chunks_upload_skipped_total", "reason")
+    return {
+        "flushed": sum(flushed.values()),
+        "flushed_by_reason": flushed,
+        "uploaded": int(sum(m.get("loki_ingester_chunks_uploaded_total", {}).values())),
+        "skipped": {"recent": skipped.get("recent", 0), "exists": skipped.get("exists", 0)},
+        "flushed_bytes": int(sum(m.get("loki_ingester_chunk_stored_bytes_total", {}).values())),
+    }
+
+
+@dataclass
+class StoreScan:
+    """What one setup left in its chunk directory."""
+
+    chunks: dict[str, int]  # chunk key -> bytes
+    chunk_entries: dict[str, int]
+    index_segments: int
+    index_bytes: int
+    indexed_by: dict[str, set[str]]  # chunk key -> ingester ids whose index lists it
+    entries_stored: int
+    distinct_entries: int
+    mismatched: int  # entries not in the data, or with another line
+
+    @property
+    def chunk_bytes(self) -> int:
+        return sum(self.chunks.values())
+
+
+def scan_store(root: Path, tenant: str, expected: dict[tuple[int, int], bytes]) -> StoreScan:
+    """Sizes of the chunk objects and index segments of ``tenant`` under the filesystem
+    store ``root``, the index's refs, and every entry of every chunk checked against
+    ``expected`` (replicas' copies of an entry count once)."""
+    import msgpack
+    import zstandard
+
+    from .chunk import ChunkReader, Codec
+
+    base = root / tenant
+    chunks: dict[str, int] = {}
+    for p in sorted((base / "chunks").rglob("*")):
+        if p.is_file() and not p.name.startswith(".tmp-"):
+            chunks[p.relative_to(root).as_posix()] = p.stat().st_size
+    segments = [p for p in sorted((base / "index").rglob("*.idx")) if p.is_file()]
+    indexed_by: dict[str, set[str]] = {}
+    zd = zstandard.ZstdDecompressor()
+    for p in segments:
+        writer = p.name.rsplit("-", 2)[0]
+        for _labels, _fp, refs in msgpack.unpackb(zd.decompress(p.read_bytes()), raw=False):
+            for ref in refs:
+                indexed_by.setdefault(ref[0], set()).add(writer)
+    codec = Codec()
+    seen: set[tuple[int, int]] = set()
+    stored = mismatched = 0
+    chunk_entries: dict[str, int] = {}
+    for key in chunks:
+        fp = int(key.split("/")[2], 16)
+        reader = ChunkReader.open((root / key).read_bytes())
+        n = 0
+        for i in range(len(reader.metas)):
+            b = reader.block(i, codec)
+            n += len(b)
+            for j, t in enumerate(b.ts):
+                k = (fp, t)
+                if expected.get(k) != b.line(j):
+                    mismatched += 1
+                seen.add(k)
+        chunk_entries[key] = n
+        stored += n
+    return StoreScan(
+        chunks,
+        chunk_entries,
+        len(segments),
+        sum(p.stat().st_size for p in segments),
+        indexed_by,
+        stored,
+        len(seen),
+        mismatched,
+    )
+
+
+def chunk_span(key: str) -> tuple[int, int]:
+    """(mint, maxt) of a chunk from its key ``<tenant>/chunks/<fp>/<mint>-<maxt>-<crc>``."""
+    mint, maxt, _ = key.rsplit("/", 1)[1].split("-")
+    return int(mint, 16), int(maxt, 16)
+
+
+def divergence(
+    scan: StoreScan, base: StoreScan, labels_of: dict[int, str], top: int = 5
+) -> dict[str, Any]:
+    """Where a setup's store differs from the RF=1 baseline's: chunks that the baseline
+    does not have (cut elsewhere, or holding other entries), by stream, with the
+    ingesters whose index lists them."""
+    extra = [k for k in scan.chunks if k not in base.chunks]
+    missing = [k for k in base.chunks if k not in scan.chunks]
+    per_fp: dict[int, list[str]] = {}
+    for k in extra:
+        per_fp.setdefault(int(k.split("/")[2], 16), []).append(k)
+
+    def stream_bytes(s: StoreScan, fp: int) -> tuple[int, int]:
+        keys = [k for k in s.chunks if int(k.split("/")[2], 16) == fp]
+        return len(keys), sum(s.chunks[k] for k in keys)
+
+    streams = []
+    for fp, keys in sorted(per_fp.items(), key=lambda kv: -sum(scan.chunks[k] for k in kv[1])):
+        n, nbytes = stream_bytes(scan, fp)
+        bn, bbytes = stream_bytes(base, fp)
+        streams.append(
+            {
+                "labels": labels_of.get(fp, f"{fp:016x}"),
+                "chunks": n,
+                "baseline_chunks": bn,
+                "bytes": nbytes,
+                "baseline_bytes": bbytes,
+                "chunks_not_in_baseline": [
+                    {
+                        "mint": chunk_span(k)[0],
+                        "maxt": chunk_span(k)[1],
+                        "bytes": scan.chunks[k],
+                        "entries": scan.chunk_entries[k],
+                        "indexed_by": sorted(scan.indexed_by.get(k, ())),
+                    }
+                    for k in sorted(keys, key=chunk_span)
+                ][:8],
+            }
+        )
+    extra_bytes = sum(scan.chunks[k] for k in extra)
+    return {
+        "chunks_not_in_baseline": len(extra),
+        "bytes_not_in_baseline": extra_bytes,
+        "baseline_chunks_missing": len(missing),
+        "baseline_bytes_missing": sum(base.chunks[k] for k in missing),
+        "streams_diverged": len(per_fp),
+        "duplicate_entries": scan.entries_stored - scan.distinct_entries,
+        "top_streams": streams[:top],
+    }
+
+
+class DedupCluster(Cluster):
+    """nats-server, ``n`` ``-target=ingester`` processes (own workdirs, one shared chunk
+    directory) started ``stagger`` seconds apart, and one ``-target=distributor``."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        args: argparse.Namespace,
+        *,
+        ingesters: int,
+        rf: int,
+        fault: float,
+        repair: bool,
+    ) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        super().__init__(workdir)
+        self.args = args
+        self.n = ingesters
+        self.rf = rf
+        self.fault = fault
+        self.repair = repair
+        self.chunk_dir = workdir / "chunks"
+        self.ingesters: list[Child] = []
+        self.distributor: Child | None = None
+
+    def config(self, name: str) -> dict[str, Any]:
+        a = self.args
+        cfg = loki_config(self.workdir / name, self.nats_url, free_port(), 0)
+        return merged(
+            cfg,
+            {
+                "common": {"replication_factor": self.rf},
+                "distributor": {"replica_repair": self.repair},
+                "ingester": {
+                    "lifecycler": {"ID": name, "heartbeat_period": "1s"},
+                    "chunk_block_size": a.block_size,
+                    "chunk_target_size": a.target_size,
+                    "max_chunk_age": a.max_chunk_age,
+                    "chunk_idle_period": a.idle_period,
+                    "flush_check_period": a.flush_check_period,
+                },
+                "storage_config": {"filesystem": {"directory": str(self.chunk_dir)}},
+                "limits_config": {"reject_old_samples": True},
+            },
+        )
+
+    def launch(self) -> None:
+        nats_child, self.nats_url = start_nats(self.workdir)
+        self.children.append(nats_child)
+        no_faults: dict[str, str | None] = {FAILPOINTS_ENV: None}
+        for i in range(self.n):
+            if i:
+                time.sleep(self.args.stagger)
+            name = f"ingester-{i}"
+            child = start_loki(self.workdir, name, "ingester", self.config(name), no_faults)
+            self.children.append(child)
+            self.ingesters.append(child)
+        env = {FAILPOINTS_ENV: f"{REPLICA_FAILPOINT}={self.fault}"} if self.fault else no_faults
+        self.distributor = start_loki(
+            self.workdir, "distributor", "distributor", self.config("distributor"), env
+        )
+        self.children.append(self.distributor)
+
+    async def wait_ring(self, session: Any, timeout: float = 30) -> None:
+        """Until the distributor sees every ingester ACTIVE and healthy."""
+        assert self.distributor is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            async with session.get(f"{self.distributor.url}/ring") as r:
+                members = (await r.json())["ingesters"]
+            if sum(m["state"] == "ACTIVE" and m["healthy"] for m in members) >= self.n:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"ring not complete after {timeout}s: {members}")
+            await asyncio.sleep(0.1)
+
+    async def push(self, session: Any, pushes: list[list[DedupPush]]) -> dict[str, Any]:
+        """Every client's requests, clients concurrently, each in order (one at a time); a
+        request that fails with 429 or 5xx is retried after a backoff, as Promtail does."""
+        assert self.distributor is not None
+        url = f"{self.distributor.url}/loki/api/v1/push"
+        tally = {"ok": 0, "failed_attempts": 0, "given_up": 0}
+        errors: list[str] = []
+
+        async def client(reqs: list[DedupPush]) -> None:
+            for p in reqs:
+                await asyncio.sleep(p.sleep_s)
+                ctype = "application/json" if p.fmt == "json" else "application/x-protobuf"
+                headers = {"Content-Type": ctype, "X-Scope-OrgID": DEDUP_TENANT}
+                for attempt in range(self.args.push_tries):
+                    async with session.post(url, data=p.body, headers=headers) as r:
+                        text = await r.text()
+                        if r.status == 204:
+                            tally["ok"] += 1
+                            break
+                    tally["failed_attempts"] += 1
+                    if len(errors) < 3:
+                        errors.append(f"{r.status} {text[:200]}")
+                    if r.status != 429 and r.status < 500:
+                        tally["given_up"] += 1
+                        break
+                    await asyncio.sleep(0.1 * 2**attempt)
+                else:
+                    tally["given_up"] += 1
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(client(reqs) for reqs in pushes))
+        seconds = time.perf_counter() - t0
+        lines = sum(p.lines for reqs in pushes for p in reqs)
+        for e in errors:
+            note(f"push failed: {e}")
+        return {
+            "requests": sum(map(len, pushes)),
+            **tally,
+            "errors": errors,
+            "seconds": round(seconds, 2),
+            "lines_per_s": round(lines / seconds),
+        }
+
+    async def metrics(self, session: Any, child: Child) -> dict[str, dict[str, float]]:
+        async with session.get(f"{child.url}/metrics") as r:
+            return parse_metrics(await r.text())
+
+    async def repairs(self, session: Any) -> dict[str, int]:
+        assert self.distributor is not None
+        m = await self.metrics(session, self.distributor)
+        return {
+            k.split("=", 1)[1]: int(v)
+            for k, v in m.get("loki_distributor_replica_repairs_total", {}).items()
+        }
+
+    async def settle(self, session: Any, quiet_s: float) -> dict[str, int]:
+        """Wait until the distributor's repair counters did not move for ``quiet_s`` (a
+        repair succeeds ~0.2 s after its push failed): the repairs by outcome."""
+        last = await self.repairs(session)
+        since = time.monotonic()
+        while time.monotonic() - since < quiet_s:
+            await asyncio.sleep(0.25)
+            now = await self.repairs(session)
+            if now != last:
+                last, since = now, time.monotonic()
+        return last
+
+    async def flush(self, session: Any) -> float:
+        """``POST /flush`` on each ingester, one after the other."""
+        t0 = time.perf_counter()
+        for child in self.ingesters:
+            async with session.post(f"{child.url}/flush") as r:
+                if r.status != 204:
+                    raise RuntimeError(f"flush of {child.name} failed: {r.status} {await r.text()}")
+        return time.perf_counter() - t0
+
+
+async def dedup_setup(
+    args: argparse.Namespace,
+    workdir: Path,
+    name: str,
+    pushes: list[list[DedupPush]],
+    expected: dict[tuple[int, int], bytes],
+    *,
+    ingesters: int,
+    rf: int,
+    fault: float,
+    repair: bool,
+) -> tuple[dict[str, Any], StoreScan]:
+    """One fresh cluster: push everything, flush, read the figures, stop, scan the store."""
+    t0 = time.perf_counter()
+    with DedupCluster(
+        workdir / name, args, ingesters=ingesters, rf=rf, fault=fault, repair=repair
+    ) as cluster:
+        note(f"{name}: starting nats-server, {ingesters} ingester(s) (RF={rf}), a distributor")
+        cluster.launch()
+        out: dict[str, Any] = {
+            "rf": rf,
+            "ingesters": ingesters,
+            "failpoint": f"{REPLICA_FAILPOINT}={fault}" if fault else None,
+            "replica_repair": repair,
+            "start_s": round(time.perf_counter() - t0, 1),
+        }
+        async with aiohttp_session() as session:
+            await cluster.wait_ring(session)
+            note(f"{name}: pushing {len(expected)} lines with {len(pushes)} clients")
+            out["pushes"] = await cluster.push(session, pushes)
+            note(
+                f"{name}: pushed in {out['pushes']['seconds']}s "
+                f"({out['pushes']['lines_per_s']} lines/s), "
+                f"{out['pushes']['failed_attempts']} failed attempts"
+            )
+            out["repairs"] = await cluster.settle(session, args.settle) if fault and repair else {}
+            out["flush_s"] = round(await cluster.flush(session), 2)
+            per = {
+                c.name: ingester_figures(await cluster.metrics(session, c))
+                for c in cluster.ingesters
+            }
+        cluster.stop()
+    scan = scan_store(cluster.chunk_dir, DEDUP_TENANT, expected)
+    total: dict[str, Any] = {
+        "flushed": sum(p["flushed"] for p in per.values()),
+        "uploaded": sum(p["uploaded"] for p in per.values()),
+        "skipped": {r: sum(p["skipped"][r] for p in per.values()) for r in ("recent", "exists")},
+    }
+    out.update(
+        {
+            "chunk_bytes": scan.chunk_bytes,
+            "index_bytes": scan.index_bytes,
+            "total_bytes": scan.chunk_bytes + scan.index_bytes,
+            "chunk_objects": len(scan.chunks),
+            "index_segments": scan.index_segments,
+            "chunks": total,
+            "uploads_match_objects": total["uploaded"] == len(scan.chunks),
+            "unindexed_chunks": sum(k not in scan.indexed_by for k in scan.chunks),
+            "index_refs_missing": sum(k not in scan.chunks for k in scan.indexed_by),
+            "per_ingester": per,
+            "lines": scan.distinct_entries,
+            "entries_stored": scan.entries_stored,
+            "lines_match": scan.mismatched == 0 and scan.distinct_entries == len(expected),
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
+    )
+    note(
+        f"{name}: {len(scan.chunks)} chunks, {scan.chunk_bytes} chunk bytes + "
+        f"{scan.index_bytes} index bytes; flushed {total['flushed']}, uploaded "
+        f"{total['uploaded']}, skipped {total['skipped']}; lines match: {out['lines_match']}"
+    )
+    return out, scan
+
+
+async def run_dedup(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
+    """Generate the data once, push it to the RF=1 baseline and to each scenario's fresh
+    RF=3 cluster, compare what each stored."""
+    scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    unknown = [s for s in scenarios if s not in DEDUP_SCENARIOS]
+    if unknown:
+        raise SystemExit(f"unknown scenario(s) {unknown}; known: {sorted(DEDUP_SCENARIOS)}")
+    t_start = time.perf_counter()
+    end_ns = time.time_ns() // (60 * NS) * (60 * NS) - 60 * NS
+    note(f"generating {args.lines} lines over {args.streams} streams, {args.hours:g}h")
+    data = dedup_dataset(
+        args.lines,
+        args.streams,
+        args.hours,
+        end_ns,
+        args.seed,
+        args.zipf,
+        loghub_lines(Path(args.loghub_dir)),
+    )
+    pushes = dedup_pushes(
+        data,
+        args.clients,
+        args.seed,
+        (args.batch_min, args.batch_max),
+        args.jitter_ms,
+        args.json_share,
+    )
+    expected = dedup_expected(data)
+    from .labels import fingerprint
+
+    labels_of = {fingerprint(s.canonical): s.canonical for s in data}
+    result: dict[str, Any] = {
+        "bench": "dedup",
+        "command": shlex.join(["loki-async", "bench", *argv]),
+        "config": {
+            "lines": args.lines,
+            "streams": args.streams,
+            "hours": args.hours,
+            "zipf": args.zipf,
+            "seed": args.seed,
+            "clients": args.clients,
+            "batch": [args.batch_min, args.batch_max],
+            "jitter_ms": args.jitter_ms,
+            "json_share": args.json_share,
+            "ingesters": 3,
+            "replication_factor": 3,
+            "stagger_s": args.stagger,
+            "fault_probability": args.fault,
+            "chunk_block_size": args.block_size,
+            "chunk_target_size": args.target_size,
+            "max_chunk_age": args.max_chunk_age,
+            "chunk_idle_period": args.idle_period,
+            "flush_check_period": args.flush_check_period,
+            "final_flush": "POST /flush on each ingester, one after the other",
+            "repair_settle_s": args.settle,
+            "cores": os.cpu_count(),
+        },
+        "dataset": dataset_figures(data, pushes),
+    }
+    del data
+    failed: list[str] = []
+    with bench_dir(args.keep) as workdir:
+        base, base_scan = await dedup_setup(
+            args, workdir, "rf1", pushes, expected, ingesters=1, rf=1, fault=0.0, repair=True
+        )
+        result["baseline"] = base
+        if not base["lines_match"]:
+            failed.append("rf1: the store does not hold exactly the lines pushed")
+        out: dict[str, Any] = {}
+        for name in scenarios:
+            faulty, repair = DEDUP_SCENARIOS[name]
+            fig, scan = await dedup_setup(
+                args,
+                workdir,
+                name,
+                pushes,
+                expected,
+                ingesters=3,
+                rf=3,
+                fault=args.fault if faulty else 0.0,
+                repair=repair,
+            )
+            fig["amplification"] = round(fig["total_bytes"] / base["total_bytes"], 4)
+            fig["amplification_chunks"] = round(fig["chunk_bytes"] / base["chunk_bytes"], 4)
+            fig["lines_match_baseline"] = fig["lines"] == base["lines"]
+            fig["divergence"] = divergence(scan, base_scan, labels_of)
+            note(
+                f"{name}: amplification {fig['amplification']} (chunks "
+                f"{fig['amplification_chunks']}), {fig['divergence']['chunks_not_in_baseline']}"
+                f" chunks not in the baseline"
+            )
+            if not (fig["lines_match"] and fig["lines_match_baseline"]):
+                failed.append(f"{name}: the store does not hold exactly the lines pushed")
+            if fig["pushes"]["given_up"]:
+                failed.append(f"{name}: {fig['pushes']['given_up']} pushes given up")
+            out[name] = fig
+        result["scenarios"] = out
+    result["amplification"] = {
+        k: {"total": v["amplification"], "chunks": v["amplification_chunks"]}
+        for k, v in out.items()
+    }
+    targets = {k: v for k, v in DEDUP_TARGETS.items() if k in out}
+    result["targets"] = {
+        "amplification_max": targets,
+        "met": all(out[k]["amplification"] <= v for k, v in targets.items()),
+    }
+    result["lines_match"] = not failed
+    result["failed"] = failed
+    result["total_s"] = round(time.perf_counter() - t_start, 1)
+    return result
+
+
+def dedup_parser(sub: Any) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "dedup",
+        help="self-contained: stored bytes at RF=3 against RF=1 (replica chunk dedup)",
+    )
+    p.add_argument("--lines", type=int, default=1_500_000, help="lines pushed to each setup")
+    p.add_argument("--streams", type=int, default=200, help="streams (2/5 loghub, 3/5 synthetic)")
+    p.add_argument("--hours", type=float, default=6.0, help="time span of the data, to now")
+    p.add_argument("--zipf", type=float, default=1.1, help="skew of the volume per stream")
+    p.add_argument("--seed", type=int, default=42, help="of the generated data and pushes")
+    p.add_argument("--clients", type=int, default=8, help="concurrent pushers")
+    p.add_argument("--batch-min", type=int, default=50, help="lines per push, at least")
+    p.add_argument("--batch-max", type=int, default=1000, help="lines per push, at most")
+    p.add_argument("--jitter-ms", type=float, default=20.0, help="mean pause between pushes")
+    p.add_argument("--json-share", type=float, default=0.25, help="share of JSON push bodies")
+    p.add_argument("--push-tries", type=int, default=5, help="attempts per push (429/5xx)")
+    p.add_argument(
+        "--scenarios",
+        default=",".join(DEDUP_SCENARIOS),
+        help=f"comma-separated, of {', '.join(DEDUP_SCENARIOS)} (the RF=1 baseline always runs)",
+    )
+    p.add_argument("--fault", type=float, default=0.01, help="failpoint probability")
+    p.add_argument("--stagger", type=float, default=2.0, help="seconds between ingester starts")
+    p.add_argument("--block-size", default="64KB", help="ingester.chunk_block_size")
+    p.add_argument("--target-size", default="256KB", help="ingester.chunk_target_size")
+    p.add_argument("--max-chunk-age", default="2h", help="ingester.max_chunk_age")
+    p.add_argument("--idle-period", default="30m", help="ingester.chunk_idle_period")
+    p.add_argument("--flush-check-period", default="5s", help="ingester.flush_check_period")
+    p.add_argument(
+        "--settle", type=float, default=2.0, help="seconds without a repair before the flush"
+    )
+    p.add_argument("--loghub-dir", default=os.environ.get("LOGHUB_DIR", str(LOGHUB)))
+    p.add_argument("--keep", action="store_true", help="keep the temp dir (logs, stores)")
+    return p
+
+
 def self_contained(
     sub: Any, name: str, help: str, *, lines: tuple[int, str], days: float, runs: tuple[int, str]
 ) -> argparse.ArgumentParser:
@@ -1404,6 +2156,7 @@ def main(argv: list[str]) -> int:
     )
     trace.add_argument("--batch", type=int, default=5000, help="lines per push request")
     trace.add_argument("--seed", type=int, default=42, help="of the generated data")
+    dedup_parser(sub)
     args = p.parse_args(argv)
     if args.what == "push":
         result = asyncio.run(run_push(args))
@@ -1411,6 +2164,8 @@ def main(argv: list[str]) -> int:
         result = asyncio.run(run_async(args, argv))
     elif args.what == "trace":
         result = asyncio.run(run_trace(args, argv))
+    elif args.what == "dedup":
+        result = asyncio.run(run_dedup(args, argv))
     elif args.what == "query":
         result = asyncio.run(run_query(args))
     else:

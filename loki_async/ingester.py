@@ -91,6 +91,8 @@ class MemChunk:
     # Entries arrived in strict time order, so blocks were cut where the Chunker cuts
     # them; otherwise the chunk is re-cut from its sorted entries when it closes.
     ordered: bool = True
+    # Entries at or before this belong to an earlier chunk of the window.
+    floor: int = -(1 << 63)
 
     def add(self, ts: array, lens: array, blob: bytes, meta: list[bytes] | None) -> None:
         """Append entries to the head (any order)."""
@@ -211,7 +213,7 @@ class Chunker:
                 ((ts[cut] * _MIX_CHUNK) >> 32 & _M32) * self.chunk_target < size << 32
             ):
                 c.closed, c.close_reason = True, "full"
-                c = MemChunk(window=c.window, min_segment=c.min_segment)
+                c = MemChunk(window=c.window, min_segment=c.min_segment, floor=c.maxt)
                 out.append(c)
             pos = cut
         return out
@@ -241,31 +243,31 @@ class Chunker:
         """An out-of-order chunk re-cut from its sorted, de-duplicated entries, exactly as
         if they had arrived in order: the chunks it becomes, all but the last closed; the
         last one is in order again and takes further appends."""
-        b = c.entries_sorted(self.codec)
-        fresh = MemChunk(window=c.window, min_segment=c.min_segment)
-        if not len(b):
-            return [fresh]
-        lens = array("I", (b.offsets[i + 1] - b.offsets[i] for i in range(len(b))))
-        meta = None if b.meta_offsets is None else [b.metadata(i) for i in range(len(b))]
-        return self.append(fresh, b.ts, lens, b.blob, meta)
+        fresh = MemChunk(window=c.window, min_segment=c.min_segment, floor=c.floor)
+        return self._append_block(fresh, c.entries_sorted(self.codec))
 
-    def insert(
+    def insert_head(
         self, c: MemChunk, ts: array, lens: array, blob: bytes, meta: list[bytes] | None
     ) -> list[MemChunk]:
-        """Add entries in any order to ``c``. Entries newer than its cut blocks (late by
-        less than a block: the usual case) are sorted into the head and the head is cut
-        again, so the chunk stays as if in order. Older ones turn the chunk out of order
-        until :meth:`close` or :meth:`recut`. Returns what replaces ``c``."""
-        last_cut = c.blocks[-1].maxt if c.blocks else None
-        if c.ordered and (last_cut is None or min(ts) > last_cut):
-            head = c.take_head()
-            head.append(ts.tobytes(), lens.tobytes(), blob, meta)
-            b = decode_block(head.build())
-            if not len(b):
-                return [c]
-            b_lens = array("I", (b.offsets[i + 1] - b.offsets[i] for i in range(len(b))))
-            b_meta = None if b.meta_offsets is None else [b.metadata(i) for i in range(len(b))]
-            return self.append(c, b.ts, b_lens, b.blob, b_meta)
+        """Late entries all newer than the first entry of ``c``'s head (the entry its
+        last cut was decided at): sort them into the head and cut it again, exactly as
+        an in-order arrival would have. Returns what replaces ``c``."""
+        head = c.take_head()
+        head.append(ts.tobytes(), lens.tobytes(), blob, meta)
+        return self._append_block(c, decode_block(head.build()))
+
+    def _append_block(self, c: MemChunk, b: Block) -> list[MemChunk]:
+        if not len(b):
+            return [c]
+        lens = array("I", (b.offsets[i + 1] - b.offsets[i] for i in range(len(b))))
+        meta = None if b.meta_offsets is None else [b.metadata(i) for i in range(len(b))]
+        return self.append(c, b.ts, lens, b.blob, meta)
+
+    def add_unordered(
+        self, c: MemChunk, ts: array, lens: array, blob: bytes, meta: list[bytes] | None
+    ) -> list[MemChunk]:
+        """Entries out of order within ``c``: kept as they come, and the chunk is re-cut
+        from its sorted entries when it closes or reaches the hard size limit."""
         c.ordered = False
         c.add(ts, lens, blob, meta)
         if len(c.head.blob) >= self.block_size:
@@ -273,6 +275,30 @@ class Chunker:
             if c.compressed_bytes >= self.chunk_max:
                 return self.recut(c)
         return [c]
+
+    def merge(
+        self,
+        chunks: list[MemChunk],
+        ts: array,
+        lens: array,
+        blob: bytes,
+        meta: list[bytes] | None,
+    ) -> list[MemChunk]:
+        """Consecutive chunks of one window (the last one open) and late entries that
+        belong among them, re-cut together: the chunks they become, the last one open."""
+        merged = MemChunk(
+            window=chunks[0].window,
+            min_segment=min(x.min_segment for x in chunks),
+            ordered=False,
+            floor=chunks[0].floor,
+        )
+        for x in chunks:
+            merged.blocks.extend(x.blocks)
+            merged.head.append(
+                x.head.ts.tobytes(), x.head.lens.tobytes(), bytes(x.head.blob), x.head.meta
+            )
+        merged.head.append(ts.tobytes(), lens.tobytes(), blob, meta)
+        return self.recut(merged)
 
     def close(self, c: MemChunk, reason: str) -> list[MemChunk]:
         """Close ``c``: its head becomes its last block (re-cut first if out of order).
@@ -291,18 +317,29 @@ class Stream:
     labels: str
     fp: int
     chunks: list[MemChunk] = field(default_factory=list)  # closed ones wait for the flush
+    flushed_maxt: dict[int, int] = field(default_factory=dict)  # per window
 
     def open_chunk(self, window: int) -> MemChunk:
         for c in reversed(self.chunks):
             if not c.closed and c.window == window:
                 return c
-        c = MemChunk(window=window)
+        floor = max(
+            (x.maxt for x in self.chunks if x.window == window),
+            default=self.flushed_maxt.get(window, -(1 << 63)),
+        )
+        c = MemChunk(window=window, floor=max(floor, self.flushed_maxt.get(window, floor)))
         self.chunks.append(c)
         return c
 
     def replace(self, old: MemChunk, new: list[MemChunk]) -> None:
-        i = next(i for i, c in enumerate(self.chunks) if c is old)
-        self.chunks[i : i + 1] = new
+        self.replace_run([old], new)
+
+    def replace_run(self, old: list[MemChunk], new: list[MemChunk]) -> None:
+        """Put ``new`` where the first of ``old`` was, and drop the rest of ``old``."""
+        first = id(old[0])
+        i = next(i for i, c in enumerate(self.chunks) if id(c) == first)
+        rest = {id(c) for c in old[1:]}
+        self.chunks = [c for c in self.chunks[:i] + new + self.chunks[i + 1 :] if id(c) not in rest]
 
 
 class Ingester:
@@ -459,10 +496,10 @@ class Ingester:
                 part_meta = None if meta is None else meta[pos:end]
             c = stream.open_chunk(window)
             c.min_segment = min(c.min_segment, segment)
-            if c.ordered and (not c.entries or part_ts[0] > c.maxt):
+            if c.ordered and part_ts[0] > max(c.maxt, c.floor):
                 stream.replace(c, ck.append(c, part_ts, part_lens, part_blob, part_meta))
             else:  # older than what the chunk holds (late, or a retried push)
-                stream.replace(c, ck.insert(c, part_ts, part_lens, part_blob, part_meta))
+                self._insert(stream, c, part_ts, part_lens, part_blob, part_meta)
             pos = end
 
     def _append_unordered(
@@ -484,16 +521,45 @@ class Ingester:
         for window, idx in groups.items():
             c = stream.open_chunk(window)
             c.min_segment = min(c.min_segment, segment)
-            stream.replace(
+            self._insert(
+                stream,
                 c,
-                ck.insert(
-                    c,
-                    array("q", (ts[i] for i in idx)),
-                    array("I", (lens[i] for i in idx)),
-                    b"".join([blob[offs[i] : offs[i + 1]] for i in idx]),
-                    None if meta is None else [meta[i] for i in idx],
-                ),
+                array("q", (ts[i] for i in idx)),
+                array("I", (lens[i] for i in idx)),
+                b"".join([blob[offs[i] : offs[i + 1]] for i in idx]),
+                None if meta is None else [meta[i] for i in idx],
             )
+
+    def _insert(
+        self,
+        stream: Stream,
+        c: MemChunk,
+        ts: array,
+        lens: array,
+        blob: bytes,
+        meta: list[bytes] | None,
+    ) -> None:
+        """Entries out of order for ``c``, the window's open chunk, put where an in-order
+        arrival would have put them, so replicas still cut identical chunks."""
+        ck = self.chunker
+        t0 = min(ts)
+        if c.ordered and len(c.head) and t0 > c.head.ts[0]:
+            # Late by less than a block (the usual repair): re-cut the head.
+            stream.replace(c, ck.insert_head(c, ts, lens, blob, meta))
+        elif c.entries and t0 >= c.mint:
+            # Within the open chunk: sorted in when it closes.
+            stream.replace(c, ck.add_unordered(c, ts, lens, blob, meta))
+        elif t0 <= stream.flushed_maxt.get(c.window, -(1 << 63)) and t0 <= c.floor:
+            # Among chunks already flushed: these entries make a chunk of their own.
+            side = MemChunk(window=c.window, min_segment=c.min_segment)
+            side.ordered = False
+            side.add(ts, lens, blob, meta)
+            stream.chunks.extend(ck.close(side, "late"))
+        else:
+            # Reaches into closed chunks still in memory: re-cut them with the open one.
+            run = [x for x in stream.chunks if x.window == c.window]
+            first = next((k for k, x in enumerate(run) if x.maxt >= t0), len(run) - 1)
+            stream.replace_run(run[first:], ck.merge(run[first:], ts, lens, blob, meta))
 
     # ------------------------------------------------------------------ flush
 
@@ -567,6 +633,8 @@ class Ingester:
                 )
             # Only now, with chunks and index durable, drop them from memory and the WAL.
             done = {id(c) for _, c in todo}
+            for s, c in todo:
+                s.flushed_maxt[c.window] = max(s.flushed_maxt.get(c.window, c.maxt), c.maxt)
             for key, s in list(self.streams.items()):
                 s.chunks = [c for c in s.chunks if id(c) not in done]
                 if not s.chunks:

@@ -342,6 +342,31 @@ async def js_retry(call: Callable[[], Awaitable[Any]], what: str, deadline_s: fl
         delay = min(delay * 2, 1.0)
 
 
+async def _bucket(create: Awaitable[Any], bind: Callable[[], Awaitable[Any]]) -> Any:
+    """Create a bucket; one created earlier with other settings (e.g. a changed TTL) is
+    used as it is: its settings are the operator's to migrate."""
+    from nats.js.errors import BadRequestError
+
+    try:
+        return await create
+    except BadRequestError:
+        log.warning("using existing JetStream bucket with different settings")
+        return await bind()
+
+
+async def ensure_kv(js: Any, name: str, ttl_s: float, replicas: int, **extra: Any) -> Any:
+    """A file-backed KV bucket with history 1 and this TTL, created if missing."""
+    from nats.js.api import KeyValueConfig, StorageType
+
+    config = KeyValueConfig(
+        bucket=name, history=1, ttl=ttl_s, storage=StorageType.FILE, replicas=replicas, **extra
+    )
+    return await js_retry(
+        lambda: _bucket(js.create_key_value(config), lambda: js.key_value(name)),
+        f"create bucket {name}",
+    )
+
+
 async def ensure_resources(
     js: Any,
     *,
@@ -354,7 +379,6 @@ async def ensure_resources(
     Idempotent: every process calls it at start."""
     from nats.js.api import (
         DiscardPolicy,
-        KeyValueConfig,
         ObjectStoreConfig,
         RetentionPolicy,
         StorageType,
@@ -389,28 +413,12 @@ async def ensure_resources(
     # Records outlive their keep-alive by a day; readers check expiry themselves.
     record_ttl = max_keep_alive_s + 86400
 
-    async def bucket(create: Awaitable[Any], bind: Callable[[], Awaitable[Any]]) -> Any:
-        # A bucket created earlier with other settings (e.g. a changed TTL) is used as
-        # it is: its settings are the operator's to migrate.
-        try:
-            return await create
-        except BadRequestError:
-            log.warning("using existing JetStream bucket with different settings")
-            return await bind()
-
-    async def kv(name: str, ttl_s: float, **extra: Any) -> Any:
-        config = KeyValueConfig(
-            bucket=name, history=1, ttl=ttl_s, storage=StorageType.FILE, replicas=replicas, **extra
-        )
-        return await js_retry(
-            lambda: bucket(js.create_key_value(config), lambda: js.key_value(name)),
-            f"create bucket {name}",
-        )
-
-    tickets = await kv(TICKETS_BUCKET, record_ttl)
-    split_cache = await kv(SPLIT_CACHE_BUCKET, split_cache_ttl_s, max_value_size=1 << 20)
+    tickets = await ensure_kv(js, TICKETS_BUCKET, record_ttl, replicas)
+    split_cache = await ensure_kv(
+        js, SPLIT_CACHE_BUCKET, split_cache_ttl_s, replicas, max_value_size=1 << 20
+    )
     results = await js_retry(
-        lambda: bucket(
+        lambda: _bucket(
             js.create_object_store(
                 RESULTS_BUCKET,
                 config=ObjectStoreConfig(

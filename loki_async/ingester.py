@@ -324,10 +324,10 @@ class Stream:
             if not c.closed and c.window == window:
                 return c
         floor = max(
-            (x.maxt for x in self.chunks if x.window == window),
-            default=self.flushed_maxt.get(window, -(1 << 63)),
+            [x.maxt for x in self.chunks if x.window == window]
+            + [self.flushed_maxt.get(window, -(1 << 63))]
         )
-        c = MemChunk(window=window, floor=max(floor, self.flushed_maxt.get(window, floor)))
+        c = MemChunk(window=window, floor=floor)
         self.chunks.append(c)
         return c
 

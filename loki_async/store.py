@@ -66,26 +66,11 @@ class RecentChunks:
 
     @staticmethod
     async def open(js: Any, replicas: int = 1) -> RecentChunks:
-        from nats.js.api import KeyValueConfig, StorageType
-        from nats.js.errors import BadRequestError
-
         from . import bus
 
-        config = KeyValueConfig(
-            bucket=bus.CHUNKS_RECENT_BUCKET,
-            history=1,
-            ttl=bus.CHUNKS_RECENT_TTL_S,
-            storage=StorageType.FILE,
-            replicas=replicas,
+        return RecentChunks(
+            await bus.ensure_kv(js, bus.CHUNKS_RECENT_BUCKET, bus.CHUNKS_RECENT_TTL_S, replicas)
         )
-
-        async def create() -> Any:
-            try:
-                return await js.create_key_value(config)
-            except BadRequestError:  # exists with other settings: use it as it is
-                return await js.key_value(bus.CHUNKS_RECENT_BUCKET)
-
-        return RecentChunks(await bus.js_retry(create, "create bucket chunks-recent"))
 
     @staticmethod
     def _id(key: str) -> str:

@@ -278,3 +278,20 @@ async def test_metrics_count_pushes_lines_bytes_fsyncs_and_latency(loki) -> None
         and 'status_code="204"' in k
         for k in values
     )
+
+
+async def test_ring_page_and_its_bad_requests(loki) -> None:
+    async with client() as session:
+        status, body = await get(session, loki.url, "/ring")
+        assert status == 200 and body["replication_factor"] == 1, body
+        assert [m["state"] for m in body["ingesters"]] == ["ACTIVE"], body
+        for data, want, text in (
+            ({}, 400, "forget=<ingester id> is required"),
+            ({"forget": "nobody"}, 404, "'nobody' is not in the ring"),
+        ):
+            async with session.post(f"{loki.url}/ring", data=data) as r:
+                assert r.status == want and text in await r.text()
+        async with session.post(
+            f"{loki.url}/ring", data=b"{not json", headers={"Content-Type": "application/json"}
+        ) as r:
+            assert r.status == 400

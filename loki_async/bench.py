@@ -56,14 +56,10 @@ import os
 import random
 import shlex
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +67,15 @@ from typing import Any, Self
 
 from .config import IngesterConfig
 from .logproto import PushStream, encode_push_json, encode_push_protobuf, format_labels
+from .processes import (
+    REPO,
+    Child,
+    free_port,
+    spawn,
+    stop_child,
+    wait_port,
+    wait_ready,
+)
 
 NS = 10**9
 LOGHUB = Path(__file__).resolve().parents[2] / "shared" / "data" / "loghub"
@@ -366,7 +371,6 @@ def run_storage(args: argparse.Namespace) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- bench async
 
-REPO = Path(__file__).resolve().parents[1]
 HOUR_NS = 3600 * NS
 DAY_NS = 86400 * NS
 TENANT_A, TENANT_B = "tenant-a", "tenant-b"
@@ -378,71 +382,6 @@ SMALL_QUERY = 'count_over_time({job="bench"}[5m])'
 def note(msg: str) -> None:
     """A progress note on stderr (stdout carries the JSON only)."""
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class Child:
-    """A process this benchmark started, with its log file."""
-
-    name: str
-    proc: subprocess.Popen[bytes]
-    log: Any
-    url: str = ""
-
-    def cpu_s(self) -> float:
-        """User + system CPU seconds the process has used so far (Linux /proc)."""
-        try:
-            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return 0.0
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def spawn(
-    name: str, cmd: list[str], workdir: Path, env_extra: dict[str, str | None] | None = None
-) -> Child:
-    """Start ``cmd`` with its output in ``workdir/<name>.log``; it gets SIGTERM if this
-    process dies (Linux), so nothing outlives a killed benchmark. ``env_extra`` sets (or,
-    with None, removes) environment variables of the child."""
-    from .bus import _die_with_parent
-
-    env = dict(os.environ)  # this checkout's package, installed or not
-    for k, v in (env_extra or {}).items():
-        if v is None:
-            env.pop(k, None)
-        else:
-            env[k] = v
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    log = open(workdir / f"{name}.log", "ab")
-    proc = subprocess.Popen(
-        cmd,
-        cwd=workdir,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        preexec_fn=_die_with_parent,
-    )
-    return Child(name, proc, log)
-
-
-def wait_port(child: Child, port: int, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if child.proc.poll() is not None:
-            raise RuntimeError(f"{child.name} exited with {child.proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.02)
-    raise TimeoutError(f"{child.name}: port {port} did not open in {timeout}s")
 
 
 def start_nats(workdir: Path) -> tuple[Child, str]:
@@ -504,35 +443,6 @@ def start_loki(
         stop_child(child)
         raise
     return child
-
-
-def wait_ready(child: Child, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if child.proc.poll() is not None:
-            raise RuntimeError(
-                f"{child.name} exited with {child.proc.returncode} (see {child.log.name})"
-            )
-        try:
-            with urllib.request.urlopen(f"{child.url}/ready", timeout=1) as r:
-                if r.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.05)
-    raise TimeoutError(f"{child.name} not ready after {timeout}s (see {child.log.name})")
-
-
-def stop_child(child: Child, timeout: float = 30) -> None:
-    """SIGTERM, then SIGKILL after ``timeout`` seconds."""
-    if child.proc.poll() is None:
-        child.proc.terminate()
-        try:
-            child.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            child.proc.kill()
-            child.proc.wait(10)
-    child.log.close()
 
 
 def dist_ms(values: list[float]) -> dict[str, float]:

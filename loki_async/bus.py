@@ -182,14 +182,17 @@ class EmbeddedNATS:
 
 
 async def connect(url: str, name: str) -> NATSClient:
-    """Connect to NATS, retrying while the server comes up; reconnects forever after."""
+    """Connect to NATS, retrying while the server comes up; reconnects forever after.
+
+    ``url`` may list several servers of a cluster, comma-separated (as the ``nats`` CLI
+    takes them): the client picks one and fails over to the others."""
 
     async def _err(e: Exception) -> None:
         log.warning("nats error: %s", e)
 
     try:
         return await nats.connect(
-            url,
+            [u.strip() for u in url.split(",") if u.strip()],
             name=name,
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.5,
@@ -319,7 +322,7 @@ async def js_retry(call: Callable[[], Awaitable[Any]], what: str, deadline_s: fl
     """Run a JetStream call, retrying through a reconnect or a leader election (the
     server answers nothing, or 503, for a few seconds) until ``deadline_s``."""
     from nats.errors import ConnectionClosedError
-    from nats.js.errors import ServerError, ServiceUnavailableError
+    from nats.js.errors import NoStreamResponseError, ServerError, ServiceUnavailableError
 
     deadline = time.monotonic() + deadline_s
     delay = 0.05
@@ -331,6 +334,7 @@ async def js_retry(call: Callable[[], Awaitable[Any]], what: str, deadline_s: fl
         except (
             NATSTimeoutError,
             NoRespondersError,
+            NoStreamResponseError,  # a stream whose leader is being elected
             ServiceUnavailableError,
             ServerError,
             TimeoutError,

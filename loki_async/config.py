@@ -625,6 +625,7 @@ class CommandLine:
     """What the command line asked for besides configuration values."""
 
     config_file: str = ""
+    expand_env: bool = False
     print_config: bool = False
     version: bool = False
     help: bool = False
@@ -668,6 +669,7 @@ def parse_args(argv: list[str]) -> CommandLine:
         raise ConfigError("invalid command line:\n  " + "\n  ".join(errors))
     return CommandLine(
         config_file=special.get("config.file", ""),
+        expand_env=special.get("config.expand-env", "false") not in ("false", "0"),
         print_config=special.get("print-config", "false") != "false",
         version=special.get("version", "false") != "false",
         help=("help" in special or "h" in special),
@@ -703,6 +705,8 @@ def load(cmd: CommandLine) -> Config:
             text = Path(cmd.config_file).read_text()
         except OSError as e:
             raise ConfigError(f"cannot read config file {cmd.config_file}: {e.strerror}") from None
+        if cmd.expand_env:
+            text = expand_env(text, cmd.config_file)
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as e:
@@ -713,6 +717,40 @@ def load(cmd: CommandLine) -> Config:
     if errors:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(errors))
     return cfg
+
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_env(text: str, source: str = "config") -> str:
+    """Replace ``${VAR}`` and ``${VAR:-default}`` with environment values, as Loki's
+    ``-config.expand-env=true`` does; ``$${VAR}`` stays literal ``${VAR}``. A variable
+    that is unset and has no default is an error naming every such variable, rather
+    than Loki's silent empty string, so a deployment missing one fails at start."""
+    import os
+
+    missing: list[str] = []
+
+    def sub(m: re.Match[str]) -> str:
+        start = m.start()
+        if start > 0 and text[start - 1] == "$":
+            return m.group(0)  # escaped: the leading "$" is dropped below
+        value = os.environ.get(m.group(1))
+        if value is None or (value == "" and m.group(2) is not None):
+            if m.group(2) is not None:
+                return m.group(2)
+            missing.append(m.group(1))
+            return ""
+        return value
+
+    out = _ENV_REF.sub(sub, text).replace("$${", "${")
+    if missing:
+        names = ", ".join(sorted(set(missing)))
+        raise ConfigError(
+            f"config file {source}: environment variables not set: {names} "
+            "(set them, or give a default as ${NAME:-value})"
+        )
+    return out
 
 
 def load_yaml_text(text: str) -> Config:

@@ -177,6 +177,7 @@ class App:
                 js,
                 heartbeat_timeout_s=cfg.ingester.lifecycler.heartbeat_timeout_s,
                 replication_factor=cfg.common.replication_factor,
+                bucket_replicas=cfg.nats.replicas,
             )
             await self.ring.start()
         if "ingester" in self.modules:
@@ -194,6 +195,7 @@ class App:
                     cfg.ingester_id,
                     num_tokens=lc.num_tokens,
                     heartbeat_period_s=lc.heartbeat_period_s,
+                    bucket_replicas=cfg.nats.replicas,
                 ),
                 coprocessors=self.coprocessors,
                 recent=await RecentChunks.open(js, cfg.nats.replicas),

@@ -28,8 +28,6 @@ from bisect import bisect_left
 from dataclasses import dataclass
 
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig
-from nats.js.errors import BucketNotFoundError
 from nats.js.kv import KeyValue
 
 from . import bus
@@ -89,20 +87,25 @@ class IngesterDesc:
         }
 
 
-async def open_bucket(js: JetStreamContext) -> KeyValue:
-    try:
-        return await js.key_value(bus.RING_BUCKET)
-    except BucketNotFoundError:
-        return await js.create_key_value(KeyValueConfig(bucket=bus.RING_BUCKET, history=1))
+async def open_bucket(js: JetStreamContext, replicas: int) -> KeyValue:
+    """The ring bucket, created with ``replicas`` (nats.replicas) if missing. Entries do
+    not expire: a member's liveness is its heartbeat's age."""
+    return await bus.ensure_kv(js, bus.RING_BUCKET, 0.0, replicas)
 
 
 class Ring:
     """In-memory view of the ring, kept current by a KV watch."""
 
     def __init__(
-        self, js: JetStreamContext, *, heartbeat_timeout_s: float, replication_factor: int
+        self,
+        js: JetStreamContext,
+        *,
+        heartbeat_timeout_s: float,
+        replication_factor: int,
+        bucket_replicas: int = 1,
     ) -> None:
         self.js = js
+        self.bucket_replicas = bucket_replicas
         self.heartbeat_timeout_s = heartbeat_timeout_s
         self.replication_factor = replication_factor
         self._members: dict[str, IngesterDesc] = {}
@@ -114,7 +117,7 @@ class Ring:
         self._kv: KeyValue | None = None
 
     async def start(self) -> None:
-        kv = self._kv = await open_bucket(self.js)
+        kv = self._kv = await open_bucket(self.js, self.bucket_replicas)
         watcher = await kv.watchall()
         self._task = asyncio.get_running_loop().create_task(self._watch(watcher))
         await asyncio.wait_for(self._synced.wait(), 10)
@@ -222,9 +225,16 @@ class Lifecycler:
     """An ingester's membership: register, heartbeat, change state, leave."""
 
     def __init__(
-        self, js: JetStreamContext, instance_id: str, *, num_tokens: int, heartbeat_period_s: float
+        self,
+        js: JetStreamContext,
+        instance_id: str,
+        *,
+        num_tokens: int,
+        heartbeat_period_s: float,
+        bucket_replicas: int = 1,
     ) -> None:
         self.js = js
+        self.bucket_replicas = bucket_replicas
         self.id = instance_id
         self.tokens = tokens_for(instance_id, num_tokens)
         self.heartbeat_period_s = heartbeat_period_s
@@ -233,23 +243,23 @@ class Lifecycler:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self._kv = await open_bucket(self.js)
+        self._kv = await open_bucket(self.js, self.bucket_replicas)
         await self._put()
         self._task = asyncio.get_running_loop().create_task(self._heartbeat())
 
     async def _put(self) -> None:
-        assert self._kv is not None, "BUG: lifecycler not started"
-        await self._kv.put(
-            self.id,
-            bus.pack(
-                {
-                    "id": self.id,
-                    "state": self.state,
-                    "tokens": self.tokens,
-                    "heartbeat_ns": time.time_ns(),
-                }
-            ),
-        )
+        """Write this member's entry, retrying through a leader election of the bucket
+        (a fresh R3 bucket has no leader for a moment)."""
+        kv = self._kv
+        assert kv is not None, "BUG: lifecycler not started"
+
+        def entry() -> bytes:
+            return bus.pack(
+                {"id": self.id, "state": self.state, "tokens": self.tokens,
+                 "heartbeat_ns": time.time_ns()}
+            )  # fmt: skip
+
+        await bus.js_retry(lambda: kv.put(self.id, entry()), "ring heartbeat")
 
     async def set_state(self, state: str) -> None:
         self.state = state

@@ -14,6 +14,8 @@ USAGE = """usage: loki-async [-config.file=PATH] [-target=TARGET] [-FLAG=VALUE .
        loki-async bench push|query|storage|async|trace|dedup [options]   (loki-async bench -h)
        loki-async query 'LOGQL' [--async] [options]   (loki-async query -h)
        loki-async ticket ID|--list [options]   (loki-async ticket -h)
+       loki-async demo [--url URL] [--days 30] [--scale 1]   (30 days of logs, three queries)
+       loki-async cluster [--port 3100] [--workers 2]   (the compose topology, as processes)
 """
 
 
@@ -23,6 +25,14 @@ def main(argv: list[str] | None = None) -> int:
         from .bench import main as bench_main
 
         return bench_main(argv[1:])
+    if argv and argv[0] == "demo":
+        from .demo import main as demo_main
+
+        return demo_main(argv[1:])
+    if argv and argv[0] == "cluster":
+        from .topology import main as cluster_main
+
+        return cluster_main(argv[1:])
     if argv and argv[0] in ("query", "ticket"):
         from .client import query_main, ticket_main
 

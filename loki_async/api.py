@@ -14,6 +14,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -26,7 +27,15 @@ from .coprocessor import API_VERSION
 from .coprocessor_host import HEADER_VERSION as HEADER_COPROCESSOR_VERSION
 from .coprocessor_host import Registry
 from .distributor import Distributor
-from .errors import BadRequest, LokiError, NotFound, Unauthorized, Unavailable, http_status
+from .errors import (
+    BadRequest,
+    LokiError,
+    NotFound,
+    PayloadTooLarge,
+    Unauthorized,
+    Unavailable,
+    http_status,
+)
 from .frontend import Frontend, PluginHost, QueryRequest, QueryResult, SplitResults
 from .labels import label_map
 from .logproto import decode_push, format_labels
@@ -34,6 +43,7 @@ from .logql import ParseError, parse_expr, parse_log_selector
 from .logql.ast import Expr, LogSelectorExpr
 from .logql.engine import to_json
 from .logql.pretty import prettify
+from .otlp import decode_otlp, export_error, export_response
 from .querier import BACKWARD, FORWARD, Querier, QueryStats, StreamResult
 from .ring import Ring
 from .tickets import Execution, Ticket, Tickets, merge_done, status_json
@@ -45,7 +55,17 @@ HEADER_ENCODING_FLAGS = "X-Loki-Response-Encoding-Flags"
 HEADER_IDEMPOTENCY_KEY = "Idempotency-Key"
 HEADER_TICKET = "X-Loki-Ticket"
 TICKETS_PATH = "/loki/api/v1/tickets"
+PUSH_PATH = "/loki/api/v1/push"
+OTLP_LOGS_PATH = "/otlp/v1/logs"  # the otlphttp exporter's endpoint + "/v1/logs"
 COPROCESSOR_PATH = "/coprocessor/v1"
+UI_PATH = "/ui"
+UI_DIR = Path(__file__).parent / "ui"
+# The console's files by suffix; anything else under /ui/ is a 404 (no listing).
+UI_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+}
 MAX_POINTS = 11_000
 ERR_INSTANT_LOG_QUERY = (
     "log queries are not supported as an instant query type, please change your query to "
@@ -280,7 +300,7 @@ class API:
         self.ready = ready
 
     def tenant(self, request: web.Request) -> str:
-        if self.read and self.querier is None and request.path != "/loki/api/v1/push":
+        if self.read and self.querier is None and request.path not in (PUSH_PATH, OTLP_LOGS_PATH):
             raise Unavailable("querier is starting")
         if not self.cfg.auth_enabled:
             return DEFAULT_TENANT
@@ -300,7 +320,8 @@ class API:
         r.add_get("/metrics", self.handle_metrics)
         r.add_get("/loki/api/v1/status/buildinfo", self.handle_buildinfo)
         if self.push:
-            r.add_post("/loki/api/v1/push", self.handle_push)
+            r.add_post(PUSH_PATH, self.handle_push)
+            r.add_post(OTLP_LOGS_PATH, self.handle_otlp_logs)
         r.add_post("/flush", self.handle_flush)
         r.add_get("/ring", self.handle_ring)
         r.add_post("/ring", self.handle_ring_forget)
@@ -330,6 +351,9 @@ class API:
             r.add_post(TICKETS_PATH + "/{id}/stop", self.handle_ticket_stop)
             r.add_get(COPROCESSOR_PATH + "/plugins", self.handle_coprocessor_plugins)
             r.add_post(COPROCESSOR_PATH + "/{name}", self.handle_coprocessor)
+            r.add_get(UI_PATH, self.handle_ui)
+            r.add_get(UI_PATH + "/", self.handle_ui)
+            r.add_get(UI_PATH + "/{name}", self.handle_ui)
         return app
 
     @web.middleware
@@ -380,6 +404,18 @@ class API:
 
     # ------------------------------------------------------------------ endpoints
 
+    async def handle_ui(self, request: web.Request) -> web.StreamResponse:
+        """The web console (``loki_async/ui``): ``/ui/`` is its page, ``/ui/<file>`` its
+        scripts and styles; ``/ui`` redirects, relatively, so a path prefix survives."""
+        if request.path == UI_PATH:
+            raise web.HTTPFound("ui/")
+        name = request.match_info.get("name", "index.html")
+        path = UI_DIR / name
+        ctype = UI_TYPES.get(path.suffix)
+        if ctype is None or path.parent != UI_DIR or not path.is_file():
+            raise web.HTTPNotFound(text="404: Not Found")
+        return web.FileResponse(path, headers={"Content-Type": ctype, "Cache-Control": "no-cache"})
+
     async def handle_ready(self, request: web.Request) -> web.Response:
         if self.ready():
             return web.Response(text="ready\n")
@@ -415,6 +451,38 @@ class API:
         metrics.PUSH_REQUESTS.labels("json" if "json" in ctype else "protobuf").inc()
         await self.distributor.push(tenant, streams)
         return web.Response(status=204)
+
+    async def handle_otlp_logs(self, request: web.Request) -> web.Response:
+        """OTLP/HTTP logs, mapped to streams as Loki maps them, then pushed like
+        ``/loki/api/v1/push``. As the OTLP spec asks, success is a 200 with an empty
+        ExportLogsServiceResponse and an error carries its message in a Status, both in the
+        request's encoding."""
+        ctype = request.headers.get("Content-Type", "")
+        try:
+            if self.distributor is None:
+                raise Unavailable("distributor is starting")
+            tenant = self.tenant(request)
+            try:
+                body = await request.read()
+            except web.HTTPRequestEntityTooLarge:
+                limit = self.cfg.server.http_server_max_body_bytes
+                raise PayloadTooLarge(f"request body too large: limit {limit} bytes") from None
+            streams = decode_otlp(
+                body,
+                ctype,
+                request.headers.get("Content-Encoding", ""),
+                max_decompressed_bytes=self.cfg.server.http_server_max_body_bytes,
+            )
+            metrics.PUSH_REQUESTS.labels("otlp").inc()
+            await self.distributor.push(tenant, streams)
+        except LokiError as e:
+            status, message = http_status(e)
+            if status >= 500:
+                log.warning("push failed path=%s status=%d err=%r", request.path, status, message)
+            body, rtype = export_error(message, ctype)
+            return web.Response(status=status, body=body, content_type=rtype)
+        body, rtype = export_response(ctype)
+        return web.Response(body=body, content_type=rtype)
 
     def _frontend(self) -> Frontend:
         if self.frontend is None:

@@ -80,37 +80,80 @@ def format_size(n: int) -> str:
 @dataclass(frozen=True)
 class ServerConfig:
     http_listen_address: str = field(
-        default="127.0.0.1", metadata=opt("-server.http-listen-address")
+        default="127.0.0.1",
+        metadata=opt(
+            "-server.http-listen-address",
+            help="address the HTTP server binds (0.0.0.0: every interface)",
+        ),
     )
-    http_listen_port: int = field(default=3100, metadata=opt("-server.http-listen-port"))
+    http_listen_port: int = field(
+        default=3100, metadata=opt("-server.http-listen-port", help="HTTP port (0: a free one)")
+    )
     log_level: str = field(default="info", metadata=opt("-log.level", help="debug|info|warn|error"))
     log_format: str = field(default="logfmt", metadata=opt("-log.format", help="logfmt|json"))
     http_server_max_body_bytes: int = field(
         default=100 << 20,
-        metadata=opt("-server.http-max-body-bytes", key="http_server_max_body_size", kind="size"),
+        metadata=opt(
+            "-server.http-max-body-bytes",
+            key="http_server_max_body_size",
+            kind="size",
+            help="largest request body, also after decompression (413 beyond)",
+        ),
     )
 
 
 @dataclass(frozen=True)
 class CommonConfig:
-    path_prefix: str = field(default="./data", metadata=opt("-common.path-prefix"))
-    replication_factor: int = field(default=1, metadata=opt("-common.replication-factor"))
+    path_prefix: str = field(
+        default="./data",
+        metadata=opt(
+            "-common.path-prefix", help="local data: WAL, filesystem chunks, embedded NATS store"
+        ),
+    )
+    replication_factor: int = field(
+        default=1,
+        metadata=opt(
+            "-common.replication-factor",
+            help="ingesters that receive every stream (3: survives one down)",
+        ),
+    )
 
 
 @dataclass(frozen=True)
 class WALConfig:
-    enabled: bool = field(default=True, metadata=opt("-ingester.wal-enabled"))
+    enabled: bool = field(
+        default=True,
+        metadata=opt(
+            "-ingester.wal-enabled", help="write every push to the WAL before acknowledging it"
+        ),
+    )
     dir: str = field(
         default="", metadata=opt("-ingester.wal-dir", help="default: <path_prefix>/wal")
     )
-    flush_on_shutdown: bool = field(default=True, metadata=opt("-ingester.flush-on-shutdown"))
+    flush_on_shutdown: bool = field(
+        default=True,
+        metadata=opt(
+            "-ingester.flush-on-shutdown",
+            help="flush every chunk on SIGTERM (else the WAL replays them)",
+        ),
+    )
     segment_size_bytes: int = field(
         default=64 << 20,
-        metadata=opt("-ingester.wal-segment-size", key="segment_size", kind="size"),
+        metadata=opt(
+            "-ingester.wal-segment-size",
+            key="segment_size",
+            kind="size",
+            help="WAL segment file size",
+        ),
     )
     checkpoint_duration_s: float = field(
         default=300.0,
-        metadata=opt("-ingester.checkpoint-duration", key="checkpoint_duration", kind="duration"),
+        metadata=opt(
+            "-ingester.checkpoint-duration",
+            key="checkpoint_duration",
+            kind="duration",
+            help=("no effect (Loki compatibility): WAL segments go once their chunks are flushed"),
+        ),
     )
 
 
@@ -119,14 +162,26 @@ class LifecyclerConfig:
     id: str = field(
         default="", metadata=opt("-ingester.lifecycler.ID", key="ID", help="default: hostname-port")
     )
-    num_tokens: int = field(default=128, metadata=opt("-ingester.num-tokens"))
+    num_tokens: int = field(
+        default=128, metadata=opt("-ingester.num-tokens", help="ring tokens per ingester")
+    )
     heartbeat_period_s: float = field(
         default=5.0,
-        metadata=opt("-ingester.heartbeat-period", key="heartbeat_period", kind="duration"),
+        metadata=opt(
+            "-ingester.heartbeat-period",
+            key="heartbeat_period",
+            kind="duration",
+            help="how often an ingester renews its ring entry",
+        ),
     )
     heartbeat_timeout_s: float = field(
         default=60.0,
-        metadata=opt("-ring.heartbeat-timeout", key="heartbeat_timeout", kind="duration"),
+        metadata=opt(
+            "-ring.heartbeat-timeout",
+            key="heartbeat_timeout",
+            kind="duration",
+            help="a ring entry older than this is a dead ingester",
+        ),
     )
 
 
@@ -152,29 +207,66 @@ class DistributorConfig:
 @dataclass(frozen=True)
 class IngesterConfig:
     chunk_target_size: int = field(
-        default=1_572_864, metadata=opt("-ingester.chunk-target-size", kind="size")
+        default=1_572_864,
+        metadata=opt(
+            "-ingester.chunk-target-size",
+            kind="size",
+            help="compressed size at which a chunk is cut",
+        ),
     )
     chunk_block_size: int = field(
-        default=262_144, metadata=opt("-ingester.chunks-block-size", kind="size")
+        default=262_144,
+        metadata=opt(
+            "-ingester.chunks-block-size",
+            kind="size",
+            help="uncompressed size at which a head block is cut",
+        ),
     )
     max_chunk_age_s: float = field(
         default=7200.0,
-        metadata=opt("-ingester.max-chunk-age", key="max_chunk_age", kind="duration"),
+        metadata=opt(
+            "-ingester.max-chunk-age",
+            key="max_chunk_age",
+            kind="duration",
+            help="time window of one chunk; also the longest a chunk stays open",
+        ),
     )
     chunk_idle_period_s: float = field(
         default=1800.0,
-        metadata=opt("-ingester.chunks-idle-period", key="chunk_idle_period", kind="duration"),
+        metadata=opt(
+            "-ingester.chunks-idle-period",
+            key="chunk_idle_period",
+            kind="duration",
+            help="a stream without new entries this long has its chunk flushed",
+        ),
     )
     chunk_retain_period_s: float = field(
         default=0.0,
-        metadata=opt("-ingester.chunks-retain-period", key="chunk_retain_period", kind="duration"),
+        metadata=opt(
+            "-ingester.chunks-retain-period",
+            key="chunk_retain_period",
+            kind="duration",
+            help=("no effect (Loki compatibility): flushed chunks leave memory at once"),
+        ),
     )
     flush_check_period_s: float = field(
         default=30.0,
-        metadata=opt("-ingester.flush-check-period", key="flush_check_period", kind="duration"),
+        metadata=opt(
+            "-ingester.flush-check-period",
+            key="flush_check_period",
+            kind="duration",
+            help="how often chunks are checked for flushing",
+        ),
     )
-    concurrent_flushes: int = field(default=32, metadata=opt("-ingester.concurrent-flushes"))
-    zstd_level: int = field(default=3, metadata=opt("-ingester.zstd-level"))
+    concurrent_flushes: int = field(
+        default=32, metadata=opt("-ingester.concurrent-flushes", help="chunk uploads at once")
+    )
+    zstd_level: int = field(
+        default=3,
+        metadata=opt(
+            "-ingester.zstd-level", help="zstd level of chunk blocks (same on every replica)"
+        ),
+    )
     wal: WALConfig = field(default_factory=WALConfig)
     lifecycler: LifecyclerConfig = field(default_factory=LifecyclerConfig)
 
@@ -191,16 +283,28 @@ class QuerierConfig:
         ),
     )
     max_concurrent_chunk_fetches: int = field(
-        default=32, metadata=opt("-querier.max-concurrent-chunk-fetches")
+        default=32,
+        metadata=opt(
+            "-querier.max-concurrent-chunk-fetches", help="chunk downloads at once per query"
+        ),
     )
 
 
 @dataclass(frozen=True)
 class QueryRangeConfig:
     align_queries_with_step: bool = field(
-        default=False, metadata=opt("-querier.align-querier-with-step")
+        default=False,
+        metadata=opt(
+            "-querier.align-querier-with-step",
+            help="align start and end of metric queries to the step",
+        ),
     )
-    cache_results: bool = field(default=True, metadata=opt("-querier.cache-results"))
+    cache_results: bool = field(
+        default=True,
+        metadata=opt(
+            "-querier.cache-results", help="cache metric split results in memory (frontend)"
+        ),
+    )
     results_cache_max_entries: int = field(
         default=4096,
         metadata=opt("-frontend.results-cache.max-entries", help="split results kept in memory"),
@@ -363,14 +467,41 @@ class FilesystemStorageConfig:
 
 @dataclass(frozen=True)
 class AWSStorageConfig:
-    endpoint: str = field(default="", metadata=opt("-s3.endpoint"))
-    bucketnames: str = field(default="", metadata=opt("-s3.buckets"))
-    region: str = field(default="us-east-1", metadata=opt("-s3.region"))
-    access_key_id: str = field(default="", metadata=opt("-s3.access-key-id"))
-    secret_access_key: str = field(default="", metadata=opt("-s3.secret-access-key"))
-    s3forcepathstyle: bool = field(default=True, metadata=opt("-s3.force-path-style"))
-    insecure: bool = field(default=False, metadata=opt("-s3.insecure"))
-    max_retries: int = field(default=5, metadata=opt("-s3.max-retries"))
+    endpoint: str = field(
+        default="",
+        metadata=opt("-s3.endpoint", help="URL or host:port of the S3 server (empty: AWS)"),
+    )
+    bucketnames: str = field(
+        default="", metadata=opt("-s3.buckets", help="the bucket chunks and index go to")
+    )
+    region: str = field(default="us-east-1", metadata=opt("-s3.region", help="S3 region"))
+    access_key_id: str = field(
+        default="",
+        metadata=opt(
+            "-s3.access-key-id", help="empty: botocore's default chain (env, files, instance role)"
+        ),
+    )
+    secret_access_key: str = field(
+        default="", metadata=opt("-s3.secret-access-key", help="with access_key_id")
+    )
+    s3forcepathstyle: bool = field(
+        default=True,
+        metadata=opt(
+            "-s3.force-path-style",
+            help="address endpoint/bucket/key (most self-hosted servers need it)",
+        ),
+    )
+    insecure: bool = field(
+        default=False,
+        metadata=opt("-s3.insecure", help="plain HTTP for an endpoint given without a scheme"),
+    )
+    max_retries: int = field(
+        default=5,
+        metadata=opt(
+            "-s3.max-retries",
+            help="attempts of a failing S3 request (throttling, 5xx, dropped connection)",
+        ),
+    )
 
 
 @dataclass(frozen=True)
@@ -385,59 +516,102 @@ class StorageConfig:
 @dataclass(frozen=True)
 class LimitsConfig:
     ingestion_rate_mb: float = field(
-        default=4.0, metadata=opt("-distributor.ingestion-rate-limit-mb")
+        default=4.0,
+        metadata=opt(
+            "-distributor.ingestion-rate-limit-mb", help="per-tenant push rate, MB/s (429 beyond)"
+        ),
     )
     ingestion_burst_size_mb: float = field(
-        default=6.0, metadata=opt("-distributor.ingestion-burst-size-mb")
+        default=6.0,
+        metadata=opt(
+            "-distributor.ingestion-burst-size-mb", help="per-tenant burst above the rate, MB"
+        ),
     )
     max_line_size: int = field(
-        default=256 << 10, metadata=opt("-distributor.max-line-size", kind="size")
+        default=256 << 10,
+        metadata=opt(
+            "-distributor.max-line-size", kind="size", help="longest log line accepted (400 beyond)"
+        ),
     )
     max_label_names_per_series: int = field(
-        default=15, metadata=opt("-validation.max-label-names-per-series")
+        default=15, metadata=opt("-validation.max-label-names-per-series", help="labels per stream")
     )
     max_label_name_length: int = field(
-        default=1024, metadata=opt("-validation.max-length-label-name")
+        default=1024,
+        metadata=opt("-validation.max-length-label-name", help="bytes of a label name"),
     )
     max_label_value_length: int = field(
-        default=2048, metadata=opt("-validation.max-length-label-value")
+        default=2048,
+        metadata=opt("-validation.max-length-label-value", help="bytes of a label value"),
     )
-    reject_old_samples: bool = field(default=True, metadata=opt("-validation.reject-old-samples"))
+    reject_old_samples: bool = field(
+        default=True,
+        metadata=opt(
+            "-validation.reject-old-samples",
+            help="reject entries older than reject_old_samples_max_age",
+        ),
+    )
     reject_old_samples_max_age_s: float = field(
         default=7 * 86400.0,
         metadata=opt(
             "-validation.reject-old-samples.max-age",
             key="reject_old_samples_max_age",
             kind="duration",
+            help="oldest entry accepted when reject_old_samples is on",
         ),
     )
     creation_grace_period_s: float = field(
         default=600.0,
         metadata=opt(
-            "-validation.create-grace-period", key="creation_grace_period", kind="duration"
+            "-validation.create-grace-period",
+            key="creation_grace_period",
+            kind="duration",
+            help="how far in the future an entry may be",
         ),
     )
     max_query_length_s: float = field(
         default=721 * 3600.0,
-        metadata=opt("-store.max-query-length", key="max_query_length", kind="duration"),
+        metadata=opt(
+            "-store.max-query-length",
+            key="max_query_length",
+            kind="duration",
+            help="longest query range (400 beyond)",
+        ),
     )
     max_entries_limit_per_query: int = field(
-        default=5000, metadata=opt("-validation.max-entries-limit")
+        default=5000,
+        metadata=opt("-validation.max-entries-limit", help="largest limit= of a log query"),
     )
-    max_query_series: int = field(default=500, metadata=opt("-querier.max-query-series"))
+    max_query_series: int = field(
+        default=500,
+        metadata=opt("-querier.max-query-series", help="series a metric query may return"),
+    )
     max_streams_matchers_per_query: int = field(
-        default=1000, metadata=opt("-querier.max-streams-matcher-per-query")
+        default=1000,
+        metadata=opt("-querier.max-streams-matcher-per-query", help="stream selectors per query"),
     )
     query_timeout_s: float = field(
-        default=60.0, metadata=opt("-querier.query-timeout", key="query_timeout", kind="duration")
+        default=60.0,
+        metadata=opt(
+            "-querier.query-timeout",
+            key="query_timeout",
+            kind="duration",
+            help="a sync query longer than this is a 504 (async ones are not bound)",
+        ),
     )
     split_queries_by_interval_s: float = field(
         default=3600.0,
         metadata=opt(
-            "-querier.split-queries-by-interval", key="split_queries_by_interval", kind="duration"
+            "-querier.split-queries-by-interval",
+            key="split_queries_by_interval",
+            kind="duration",
+            help="queries are planned, cached and spread over workers in splits this long",
         ),
     )
-    max_query_parallelism: int = field(default=32, metadata=opt("-querier.max-query-parallelism"))
+    max_query_parallelism: int = field(
+        default=32,
+        metadata=opt("-querier.max-query-parallelism", help="splits of one query run at once"),
+    )
     max_cache_freshness_per_query_s: float = field(
         default=600.0,
         metadata=opt(
@@ -451,8 +625,15 @@ class LimitsConfig:
 
 @dataclass(frozen=True)
 class EmbeddedNATSConfig:
-    listen_address: str = field(default="127.0.0.1", metadata=opt("-nats.embedded.address"))
-    listen_port: int = field(default=4222, metadata=opt("-nats.embedded.port"))
+    listen_address: str = field(
+        default="127.0.0.1",
+        metadata=opt(
+            "-nats.embedded.address", help="address of the nats-server that -target=all starts"
+        ),
+    )
+    listen_port: int = field(
+        default=4222, metadata=opt("-nats.embedded.port", help="its client port")
+    )
     store_dir: str = field(
         default="", metadata=opt("-nats.embedded.store-dir", help="default: <path_prefix>/nats")
     )
@@ -471,7 +652,13 @@ class NATSConfig:
         metadata=opt("-nats.url", help="empty: -target=all starts an embedded nats-server"),
     )
     request_timeout_s: float = field(
-        default=10.0, metadata=opt("-nats.request-timeout", key="request_timeout", kind="duration")
+        default=10.0,
+        metadata=opt(
+            "-nats.request-timeout",
+            key="request_timeout",
+            kind="duration",
+            help="timeout of internal NATS requests (pushes to ingesters, reads)",
+        ),
     )
     replicas: int = field(
         default=1,
@@ -484,8 +671,16 @@ class NATSConfig:
 
 @dataclass(frozen=True)
 class Config:
-    target: str = field(default="all", metadata=opt("-target"))
-    auth_enabled: bool = field(default=False, metadata=opt("-auth.enabled"))
+    target: str = field(
+        default="all",
+        metadata=opt(
+            "-target", help="the modules this process runs: all, read, write, or one component"
+        ),
+    )
+    auth_enabled: bool = field(
+        default=False,
+        metadata=opt("-auth.enabled", help="require X-Scope-OrgID (the tenant) on every request"),
+    )
     server: ServerConfig = field(default_factory=ServerConfig)
     common: CommonConfig = field(default_factory=CommonConfig)
     distributor: DistributorConfig = field(default_factory=DistributorConfig)
@@ -860,3 +1055,49 @@ def _help_texts(cls: type = Config, prefix: tuple[str, ...] = ()) -> dict[tuple[
         else:
             out[(*prefix, _key(f))] = f.metadata.get("help", "")
     return out
+
+
+def reference_markdown() -> str:
+    """The configuration reference (docs/operations.md): per section, every YAML key with
+    its flag, default and meaning, generated from the dataclasses above."""
+    out: list[str] = []
+    defaults = _to_tree(Config())
+
+    def section(cls: type, path: tuple[str, ...], node: dict[str, Any]) -> None:
+        hints = get_type_hints(cls)
+        rows: list[str] = []
+        nested: list[tuple[type, tuple[str, ...], dict[str, Any]]] = []
+        for f in dataclasses.fields(cls):
+            key = _key(f)
+            if dataclasses.is_dataclass(hints[f.name]):
+                nested.append((hints[f.name], (*path, key), node[key]))
+                continue
+            default = node[key]
+            shown = "" if default in ("", {}) else yaml.safe_dump(default).strip()
+            shown = shown.removesuffix("\n...").strip()
+            flag = f.metadata.get("flag", "")
+            doc = f.metadata.get("help", "").replace("|", "\\|")
+            kind = f.metadata.get("kind", "")
+            if kind in ("duration", "size"):
+                doc = f"({kind}) {doc}".strip()
+            rows.append(
+                f"| `{key}` | {f'`{flag}`' if flag else ''} | "
+                f"{f'`{shown}`' if shown else ''} | {doc} |"
+            )
+        if rows:
+            title = ".".join(path) if path else "top level"
+            out.append(f"### `{title}`\n")
+            if cls.__doc__ and not cls.__doc__.startswith(cls.__name__ + "("):
+                out.append(" ".join(cls.__doc__.split()) + "\n")
+            out.append("| key | flag | default | meaning |\n|---|---|---|---|")
+            out.extend(rows)
+            out.append("")
+        for sub in nested:
+            section(*sub)
+
+    section(Config, (), defaults)
+    return "\n".join(out).rstrip() + "\n"
+
+
+if __name__ == "__main__":  # python3 -m loki_async.config: print the reference
+    print(reference_markdown(), end="")

@@ -131,3 +131,18 @@ def test_targets_resolve_dependencies_first() -> None:
         "query-frontend",
         "querier-worker",
     }
+
+
+def test_operations_doc_holds_the_generated_config_reference() -> None:
+    """docs/operations.md's reference is the one generated from the dataclasses:
+    regenerate it with ``python3 -m loki_async.config`` after changing a field."""
+    from loki_async.config import reference_markdown
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "operations.md").read_text()
+    marker = "<!-- config-reference:start -->\n"
+    start = doc.index(marker) + len(marker)
+    end = doc.index("<!-- config-reference:end -->")
+    assert doc[start:end].strip() == reference_markdown().strip()
+    # Every flag of the program is in it.
+    for flag in config.FLAGS:
+        assert f"`-{flag}`" in doc, flag

@@ -694,7 +694,7 @@ class API:
         tenant = self.tenant(request)
         params, _ = await self._params(request)
         start, end = _bounds(params, self.cfg)
-        names = await self._querier().label_names(tenant, start, end)
+        names = await self._querier().label_names(tenant, start, end, params.get("query"))
         return _json({"status": "success", "data": names} if names else {"status": "success"})
 
     async def handle_label_values(self, request: web.Request) -> web.Response:

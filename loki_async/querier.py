@@ -267,6 +267,7 @@ class Querier:
                         res = out[plain.key] = StreamResult(plain, [])
                     res.entries.extend((ts[i], blob[offs[i] : offs[i + 1]]) for i in take)
                     taken += len(take)
+                    stats.post_filter_lines += len(take)
                     continue
                 # Slow path: stages after the line filters, per line.
                 for i in idx:
@@ -279,6 +280,7 @@ class Querier:
                         res = out[ll.key] = StreamResult(ll, [])
                     res.entries.append((ts[i], line))
                     taken += 1
+                    stats.post_filter_lines += 1
                     if taken >= limit:
                         break
         return _limit(list(out.values()), limit, backward)
@@ -334,8 +336,15 @@ class Querier:
 
     # ------------------------------------------------------------------ labels and series
 
-    async def label_names(self, tenant: str, start: int, end: int) -> list[str]:
-        names: set[str] = set()
+    async def label_names(
+        self, tenant: str, start: int, end: int, selector: str | None = None
+    ) -> list[str]:
+        if selector:  # only the labels of the streams the selector matches, as Loki 3
+            names: set[str] = set()
+            for labels in await self.series(tenant, [selector], start, end):
+                names.update(label_map(labels))
+            return sorted(names)
+        names = set()
         if self._ingesters_needed(end):
             for reply in await self._ask_ingesters(bus.INGESTER_LABELS, {"t": tenant}):
                 names.update(reply)

@@ -151,7 +151,9 @@ def test_query_range_log_result_shape_and_stats(server) -> None:
     assert all(isinstance(v[0], str) and int(v[0]) > 0 for v in stream["values"])
     summary = data["stats"]["summary"]
     assert summary["totalEntriesReturned"] == 2
-    assert summary["totalLinesProcessed"] >= 10
+    # Lines read depend on where the hourly split boundary falls (a backward query stops
+    # once its limit is met), so only the order of the counts is fixed.
+    assert 2 <= summary["totalPostFilterLines"] <= summary["totalLinesProcessed"] <= 10
     assert {"querier", "ingester", "cache", "index"} <= set(data["stats"])
 
 
@@ -199,6 +201,13 @@ def test_labels_values_and_series(server) -> None:
     loki, t0 = server
     status, body = call(loki, "/loki/api/v1/labels", **span(t0))
     assert body == {"status": "success", "data": ["app", "env", "pod"]}
+    # query= narrows the names to those of the matching streams, as in Loki 3.
+    status, body = call(loki, "/loki/api/v1/labels", query='{app="web"}', **span(t0))
+    assert body == {"status": "success", "data": ["app", "env", "pod"]}
+    status, body = call(loki, "/loki/api/v1/labels", query='{app="none"}', **span(t0))
+    assert body == {"status": "success"}
+    status, body = call(loki, "/loki/api/v1/labels", query='{app="web"', **span(t0))
+    assert status == 400 and "parse error" in body
     status, body = call(loki, "/loki/api/v1/label/env/values", **span(t0))
     assert body["data"] == ["dev", "prod"]
     status, body = call(loki, "/loki/api/v1/label/pod/values", query='{app="api"}', **span(t0))

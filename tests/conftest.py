@@ -22,15 +22,10 @@ import yaml
 
 from loki_async.bench import loghub_lines  # noqa: F401  (shared with the tests)
 from loki_async.bus import nats_server_binary
+from loki_async.processes import free_port
 from tests.s3server import free_ports, s3_server  # noqa: F401  (session fixture)
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_port(port: int, timeout: float = 10) -> None:

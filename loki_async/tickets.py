@@ -56,6 +56,7 @@ NS = 10**9
 _ID_RE = re.compile(r"[0-9a-f]{32}")
 # Compressed results above this go to the chunk object store instead of JetStream.
 RESULT_NATS_MAX_BYTES = 8 << 20
+RESULT_READ_TIMEOUT_S = 15.0  # one attempt at reading a result from the object store
 # A concurrent submitter holding an Idempotency-Key has this long to write its ticket.
 _IDEMPOTENCY_RACE_S = 5.0
 
@@ -482,7 +483,12 @@ class Tickets:
             assert self.objects is not None, "BUG: result in the object store without one"
             data = await self.objects.get(loc["name"])
         else:
-            obj = await bus.js_retry(lambda: self.results.get(loc["name"]), "read result")
+            # nats-py reads an object through an ordered consumer with no time limit,
+            # which can stall for good across a server restart: bound each attempt.
+            obj = await bus.js_retry(
+                lambda: asyncio.wait_for(self.results.get(loc["name"]), RESULT_READ_TIMEOUT_S),
+                "read result",
+            )
             data = obj.data
         return zstandard.decompress(data)
 
@@ -554,21 +560,18 @@ class Tickets:
             await self.kv.purge(exec_key(tenant, x.id))
 
     async def _keys(self, pattern: str) -> list[str]:
-        """Keys matching a subject pattern (``*`` one token), read with a server-side
-        filtered watch."""
-        watcher = await bus.js_retry(
-            lambda: self.kv.watch(pattern, ignore_deletes=True, meta_only=True), "list tickets"
+        """Keys matching a subject pattern (``*`` one token), from the bucket stream's
+        per-subject counts: one request, complete. (A watch's "initial values done"
+        marker can come before the values under load, which listed nothing.) Deleted
+        keys are included until their markers age out; readers skip them."""
+        prefix = f"$KV.{bus.TICKETS_BUCKET}."
+        info = await bus.js_retry(
+            lambda: self.js.stream_info(
+                f"KV_{bus.TICKETS_BUCKET}", subjects_filter=prefix + pattern
+            ),
+            "list tickets",
         )
-        keys = []
-        try:
-            async for entry in watcher:
-                if entry is None:
-                    break
-                keys.append(entry.key)
-        finally:
-            with contextlib.suppress(Exception):
-                await watcher.stop()
-        return keys
+        return [subject[len(prefix) :] for subject in info.state.subjects or {}]
 
     async def list(self, tenant: str) -> list[tuple[Ticket, Execution]]:
         """The tenant's live tickets, newest first."""

@@ -78,8 +78,12 @@ async def query_range(
 
 
 def client() -> aiohttp.ClientSession:
-    """A session that never reuses a connection: tests restart servers under it."""
-    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
+    """A session that never reuses a connection: tests restart servers under it. A
+    request that hangs fails after 90 s (not aiohttp's 5 minutes)."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(force_close=True),
+        timeout=aiohttp.ClientTimeout(total=90),
+    )
 
 
 async def call(

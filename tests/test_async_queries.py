@@ -484,7 +484,10 @@ async def test_query_survives_a_nats_server_restart(cluster) -> None:
     nats.stop()
     await asyncio.sleep(0.5)
     nats.start()
-    body = await result(main.url, ticket)
+    try:
+        body = await result(main.url, ticket)
+    except (AssertionError, TimeoutError) as e:  # say where it stalled
+        raise AssertionError(f"{e!r}; the server's log ends with:\n{main.logs()[-6000:]}") from e
     assert body["data"]["result"] == (await sync(main.url, METRIC, now))["data"]["result"]
 
 

@@ -1998,6 +1998,10 @@ def self_contained(
 
 
 def main(argv: list[str]) -> int:
+    if argv and argv[0] == "chaos":  # crash faults on the topology: its own options
+        from .chaos import main as chaos_main
+
+        return chaos_main(argv[1:])
     p = argparse.ArgumentParser(
         prog="loki-async bench",
         description=__doc__,

@@ -158,13 +158,14 @@ def weed_binary() -> str:
     return found
 
 
-def start_weed(tmpdir: Path, s3_port: int = 0) -> tuple[str, Callable[[], None]]:
+def start_weed(tmpdir: Path, s3_port: int = 0) -> tuple[str, Callable[..., None]]:
     """Start SeaweedFS's single-process S3 server (`weed mini`) with its data in
     ``tmpdir``; return (endpoint URL, stop function). ``s3_port`` 0: a free port.
 
     Returns once the S3 endpoint answers HTTP. The stop function terminates the server
-    and waits for it. The server accepts any credentials because no ``AWS_*``
-    variables reach it.
+    (``stop(kill=True)``: SIGKILL) and waits for it. Started again on the same
+    ``tmpdir`` and ``s3_port``, the server serves the same data. It accepts any
+    credentials because no ``AWS_*`` variables reach it.
     """
     tmpdir.mkdir(parents=True, exist_ok=True)
     names = [f"{c}.port{kind}" for c in _WEED_COMPONENTS for kind in ("", ".grpc")]
@@ -203,8 +204,11 @@ def start_weed(tmpdir: Path, s3_port: int = 0) -> tuple[str, Callable[[], None]]
             start_new_session=True,
         )
 
-    def stop() -> None:
-        proc.terminate()
+    def stop(kill: bool = False) -> None:
+        if kill:  # kill -9, for fault injection
+            proc.kill()
+        else:
+            proc.terminate()
         try:
             proc.wait(STOP_TIMEOUT_S)
         except subprocess.TimeoutExpired:

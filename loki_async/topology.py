@@ -21,6 +21,7 @@ import signal
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -211,13 +212,24 @@ class LocalCluster:
     """The topology as processes on loopback: ``start`` returns once every service is
     ready, ``stop`` ends them in reverse order and reports any that did not exit 0."""
 
-    def __init__(self, workdir: Path, workers: int = DEFAULT_WORKERS, http_port: int = 0) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        workers: int = DEFAULT_WORKERS,
+        http_port: int = 0,
+        extra_flags: dict[str, list[str]] | None = None,
+    ) -> None:
+        """``extra_flags``: per role, flags appended to the role's command line (tests
+        and benchmarks that need, say, short chunk ages; compose has none)."""
         self.workdir = workdir
         self.workers = workers
         self.http_port = http_port
+        self.extra_flags = extra_flags or {}
         self.site: LocalSite | None = None
         self.children: dict[str, Child] = {}
-        self._stop_s3: object = None
+        self._commands: dict[str, tuple[list[str], dict[str, str]]] = {}
+        self._stop_s3: Callable[..., None] | None = None
+        self._s3_port = 0
 
     @property
     def frontend_url(self) -> str:
@@ -243,6 +255,7 @@ class LocalCluster:
         self.workdir.mkdir(parents=True, exist_ok=True)
         say = _say if log else (lambda msg: None)
         s3_endpoint, self._stop_s3 = start_weed(self.workdir / "s3")
+        self._s3_port = int(s3_endpoint.rsplit(":", 1)[1])
         say(f"s3 (weed mini)        {s3_endpoint}")
         _create_bucket(s3_endpoint)
         site = self.site = local_site(self.workdir, s3_endpoint, self.workers, self.http_port)
@@ -250,8 +263,7 @@ class LocalCluster:
         for svc in topology:
             if svc.role == "nats":
                 Path(site.data_dir(svc.name)).mkdir(parents=True, exist_ok=True)
-                child = spawn(svc.name, [nats_server_binary(), *command(svc, site)], self.workdir)
-                self.children[svc.name] = child
+                self._spawn(svc.name, [nats_server_binary(), *command(svc, site)], {})
         for svc in topology:
             if svc.role == "nats":
                 wait_port(self.children[svc.name], site.port(svc.name, "client"))
@@ -267,14 +279,48 @@ class LocalCluster:
                 f"{svc.name}-{k}" for k in range(1, svc.replicas + 1)
             ]
             for name in names:
-                env = environment(svc, site, name)
-                child = spawn(name, python_command(*command(svc, site)), self.workdir, dict(env))
-                child.url = f"http://127.0.0.1:{site.port(name, 'http')}"
-                self.children[name] = child
+                cmd = python_command(*command(svc, site), *self.extra_flags.get(svc.role, []))
+                self._spawn(name, cmd, environment(svc, site, name))
                 started.append(name)
         for name in started:
             wait_ready(self.children[name], timeout=120)
             say(f"{name:<21} {self.children[name].url}")
+
+    def _spawn(self, name: str, cmd: list[str], env: dict[str, str]) -> Child:
+        child = spawn(name, cmd, self.workdir, dict(env))
+        if "HTTP_PORT" in env:
+            child.url = f"http://127.0.0.1:{env['HTTP_PORT']}"
+        self.children[name] = child
+        self._commands[name] = (cmd, env)
+        return child
+
+    def kill(self, name: str) -> None:
+        """``kill -9`` one service (``s3`` for the S3 server): no flush, no goodbye."""
+        if name == "s3":
+            assert self._stop_s3 is not None, "BUG: cluster not started"
+            self._stop_s3(kill=True)
+            return
+        child = self.children[name]
+        child.proc.kill()
+        child.proc.wait(10)
+        child.log.close()
+
+    def restart(self, name: str, wait: bool = True) -> None:
+        """Start a killed or stopped service again with its command line and environment
+        (same ports, same data: an ingester replays its WAL)."""
+        if name == "s3":
+            _, self._stop_s3 = start_weed(self.workdir / "s3", self._s3_port)
+            return
+        cmd, env = self._commands[name]
+        child = self._spawn(name, cmd, env)
+        if not wait:
+            return
+        if name.startswith("nats-"):
+            assert self.site is not None
+            wait_port(child, self.site.port(name, "client"))
+            _wait_jetstream(self.site.port(name, "monitor"))
+        else:
+            wait_ready(child, timeout=120)
 
     def stop(self) -> dict[str, int | None]:
         """Stop everything (SIGTERM, the program's processes first); return the exit
@@ -285,7 +331,7 @@ class LocalCluster:
             stop_child(child, timeout=60)
             codes[name] = child.proc.returncode
         self.children.clear()
-        if callable(self._stop_s3):
+        if self._stop_s3 is not None:
             self._stop_s3()
             self._stop_s3 = None
         return codes

@@ -929,7 +929,26 @@ def query_response(
     data["stats"] = _stats(res.stats, returned, exec_s, queue_s)
     if res.coprocessors:
         data["stats"]["coprocessor"] = res.coprocessors
-    return {"status": "success", "data": data}
+    out: dict[str, Any] = {"status": "success", "data": data}
+    if warnings := damage_warnings(res.stats):
+        out["warnings"] = warnings  # as Prometheus' API carries them, next to data
+    return out
+
+
+def damage_warnings(s: QueryStats) -> list[str]:
+    """What a query had to leave out because stored objects were damaged."""
+    out = []
+    if s.damaged_chunks:
+        out.append(
+            f"{s.damaged_chunks} damaged chunk(s) failed their checksum and were left out; "
+            "the server log names them"
+        )
+    if s.damaged_index_segments:
+        out.append(
+            f"{s.damaged_index_segments} damaged index segment(s) were left out; "
+            "the server log names them"
+        )
+    return out
 
 
 def _json(obj: Any, status: int = 200) -> web.Response:

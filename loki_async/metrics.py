@@ -43,6 +43,12 @@ INGESTER_FLUSH_FAILURES = Counter(
     "loki_ingester_chunks_flush_failures_total", "Chunk flushes that failed and will be retried."
 )
 
+STORE_DAMAGED_OBJECTS = Counter(
+    "loki_store_damaged_objects_total",
+    "Chunks and index segments that failed their checksum or format check when read "
+    "(left out of the answer; each is logged with its key).",
+    ["kind"],
+)
 WAL_FSYNCS = Counter("loki_ingester_wal_fsyncs_total", "fsync calls on the WAL.")
 WAL_BYTES = Counter("loki_ingester_wal_bytes_written_total", "Bytes written to the WAL.")
 WAL_CORRUPTIONS = Counter(

@@ -26,6 +26,7 @@ from typing import Any
 import msgpack
 import zstandard
 
+from . import metrics
 from .errors import CorruptDataError, ObjectNotFound
 from .objstore import ObjectClient
 
@@ -105,7 +106,9 @@ class Store:
         self.objects = objects
         self.writer_id = writer_id or f"w{os.getpid()}"
         self._segments: dict[str, list[list]] = {}  # immutable segments, by key
-        self._zc = zstandard.ZstdCompressor(level=3)
+        # Segments carry zstd's checksum (chunks cannot: replicas must cut them byte for
+        # byte alike, and carry their own CRCs), so a flipped bit is caught, not decoded.
+        self._zc = zstandard.ZstdCompressor(level=3, write_checksum=True)
         self._zd = zstandard.ZstdDecompressor()
 
     async def put_chunk(self, key: str, data: bytes) -> bool:
@@ -142,15 +145,19 @@ class Store:
             self._segments[key] = seg
         return seg
 
-    async def series(self, tenant: str, start: int, end: int) -> dict[int, Series]:
-        """Every series with a chunk overlapping [start, end], with those chunk refs."""
+    async def series(
+        self, tenant: str, start: int, end: int, damaged: list[str] | None = None
+    ) -> dict[int, Series]:
+        """Every series with a chunk overlapping [start, end], with those chunk refs.
+        A damaged index segment is left out (logged and counted) and its key appended
+        to ``damaged``: the other segments still answer."""
         keys: list[str] = []
         days = range(max(start, 0) // DAY_NS, max(end, 0) // DAY_NS + 1)
         listings = await asyncio.gather(*(self.objects.list(f"{tenant}/index/{d}/") for d in days))
         for listing in listings:
             keys.extend(listing)
         out: dict[int, Series] = {}
-        segs = await asyncio.gather(*(self._segment_or_none(k) for k in keys))
+        segs = await asyncio.gather(*(self._segment_or_none(k, damaged) for k in keys))
         for seg in segs:
             for labels, fp, refs in seg or ():
                 for key, mint, maxt, entries, size, *raw in refs:
@@ -162,8 +169,14 @@ class Store:
                     s.chunks[key] = ChunkRef(key, mint, maxt, entries, size, raw[0] if raw else 0)
         return out
 
-    async def _segment_or_none(self, key: str) -> list[list] | None:
+    async def _segment_or_none(self, key: str, damaged: list[str] | None) -> list[list] | None:
         try:
             return await self._segment(key)
         except ObjectNotFound:  # deleted by a compaction between list and get
+            return None
+        except CorruptDataError as e:
+            metrics.STORE_DAMAGED_OBJECTS.labels("index").inc()
+            log.error("damaged index segment left out key=%s err=%s", key, e.message)
+            if damaged is not None:
+                damaged.append(key)
             return None

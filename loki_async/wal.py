@@ -93,6 +93,7 @@ class WAL:
     def _open_segment(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)
+            self._fd = -1  # never write through a stale descriptor if the open fails
         self._fd = os.open(self._path(self._seq), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         self._size = 0
         if self.fsync:
@@ -147,14 +148,22 @@ class WAL:
             await asyncio.to_thread(self._write, buf)
         except OSError as e:
             log.error("WAL write failed: %s", e)
-            err = Unavailable(f"cannot write to the WAL: {e.strerror or e}")
-            # A torn record may now end this segment: later records go to a new one
-            # so replay does not stop in front of them.
+            err = Unavailable(
+                f"cannot write to the WAL in {self.dir}: {e.strerror or e}; "
+                "the push was not accepted, retry"
+            )
+            # Part of the batch may have reached the file: cut it off, so that the
+            # segment ends with the last acknowledged record (a full disk leaves no torn
+            # record behind). If even that fails, later records go to a new segment so
+            # replay does not stop in front of them.
             try:
-                self._seq += 1
-                self._open_segment()
-            except OSError as e2:
-                log.error("cannot open a new WAL segment: %s", e2)
+                os.ftruncate(self._fd, self._size)
+            except OSError:
+                try:
+                    self._seq += 1
+                    self._open_segment()
+                except OSError as e2:
+                    log.error("cannot open a new WAL segment: %s", e2)
             for _, fut, _ in batch:
                 if not fut.done():
                     fut.set_exception(err)

@@ -43,6 +43,14 @@
                    where chunks differ from the baseline's. Every entry of every stored
                    chunk is checked against the data. Exits 1 if a store does not hold
                    exactly the lines pushed.
+``bench chaos``    self-contained: kill -9 of each kind of process (a single process
+                   with its WAL; in the production topology an ingester of three, the
+                   distributor, the query-frontend, a worker, a NATS node, the S3
+                   server) under push and query load; acknowledged lines against lines
+                   read back, failures during and after, recovery time
+                   (``bench chaos -h``; ``loki_async/chaos.py``).
+``bench soak``     self-contained: ``--minutes`` of mixed load on one process with its
+                   memory, open files and tasks sampled (``loki_async/soak.py``).
 """
 
 from __future__ import annotations
@@ -2002,6 +2010,10 @@ def main(argv: list[str]) -> int:
         from .chaos import main as chaos_main
 
         return chaos_main(argv[1:])
+    if argv and argv[0] == "soak":  # leaks under long mixed load: its own options
+        from .soak import main as soak_main
+
+        return soak_main(argv[1:])
     p = argparse.ArgumentParser(
         prog="loki-async bench",
         description=__doc__,

@@ -85,8 +85,11 @@ class Load:
     """Pushers, sync queriers and async queriers against one push URL and one query
     URL; counts by phase (before, during: killed until restarted, after)."""
 
-    def __init__(self, push_url: str, query_url: str, fault: str, pushers: int = 4) -> None:
+    def __init__(
+        self, push_url: str, query_url: str, fault: str, pushers: int = 4, pause_s: float = 0.05
+    ) -> None:
         self.push_url = push_url
+        self.pause_s = pause_s  # between one pusher's pushes
         self.query_url = query_url
         self.fault = fault
         self.pushers = pushers
@@ -134,7 +137,7 @@ class Load:
                 self.counts[f"pushes_failed_{phase}"] += 1
                 await asyncio.sleep(0.2)
             seq += self.batch  # a failed batch is not acknowledged: it is not expected back
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(self.pause_s)
 
     async def _querier(self, session: aiohttp.ClientSession) -> None:
         while not self._stop.is_set():
@@ -354,7 +357,7 @@ class SingleProcess:
     """One ``-target=all`` process (embedded nats-server, filesystem store, WAL, RF=1)
     that can be killed and started again on the same ports and data."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, extra_flags: list[str] | None = None) -> None:
         self.workdir = workdir
         http_port, nats_port = free_ports(2)
         self.url = f"http://127.0.0.1:{http_port}"
@@ -365,6 +368,7 @@ class SingleProcess:
             "-ingester.lifecycler.ID=all-in-one",
             "-ingester.flush-check-period=1s",
             "-log.level=warn",
+            *(extra_flags or []),
         ]
         self.child: Any = None
 

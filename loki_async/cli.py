@@ -11,7 +11,7 @@ from .errors import ConfigError, LokiError
 
 USAGE = """usage: loki-async [-config.file=PATH] [-target=TARGET] [-FLAG=VALUE ...]
        loki-async -print-config | -version | -help
-       loki-async bench push|query|storage|async|trace|dedup|chaos [options]   (loki-async bench -h)
+       loki-async bench push|query|storage|async|trace|dedup|chaos|soak [options]   (bench -h)
        loki-async query 'LOGQL' [--async] [options]   (loki-async query -h)
        loki-async ticket ID|--list [options]   (loki-async ticket -h)
        loki-async demo [--url URL] [--days 30] [--scale 1]   (30 days of logs, three queries)

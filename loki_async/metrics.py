@@ -56,6 +56,9 @@ WAL_CORRUPTIONS = Counter(
 )
 WAL_REPLAYED = Counter("loki_ingester_wal_replayed_records_total", "WAL records replayed.")
 
+# With the process collector's process_resident_memory_bytes and process_open_fds: what a
+# soak watches for leaks.
+ASYNCIO_TASKS = Gauge("loki_asyncio_tasks", "Tasks alive on the event loop when scraped.")
 REQUEST_DURATION = Histogram(
     "loki_request_duration_seconds",
     "HTTP request latency.",

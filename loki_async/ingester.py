@@ -569,11 +569,13 @@ class Ingester:
             try:
                 await self.flush()
             except Exception as e:  # retried next period; data is safe in memory + WAL
-                metrics.INGESTER_FLUSH_FAILURES.inc()
                 log.error("flush failed, will retry: %s", e)
 
     async def flush(self, force: bool = False) -> int:
-        """Close due chunks and upload every closed chunk. Returns chunks flushed."""
+        """Close due chunks and upload every closed chunk. Returns chunks flushed. A
+        chunk whose upload fails, or whose tenant's index write fails, stays in memory
+        for the next flush while the rest are flushed; the first such error is then
+        raised (each counted in ``loki_ingester_chunks_flush_failures_total``)."""
         async with self._flush_lock:
             now = time.monotonic()
             idle = self.cfg.chunk_idle_period_s
@@ -614,23 +616,43 @@ class Ingester:
                     metrics.INGESTER_CHUNKS_DEDUPED.labels("exists").inc()
                 return ref, True
 
-            uploads = await asyncio.gather(*(upload(s, c) for s, c in todo))
+            # One chunk or one tenant's index failing must not hold back the others:
+            # what failed stays in memory (and the WAL) for the next flush.
+            results = await asyncio.gather(
+                *(upload(s, c) for s, c in todo), return_exceptions=True
+            )
+            failures: list[BaseException] = []
+            uploaded: list[tuple[Stream, MemChunk, ChunkRef, bool]] = []
+            for (s, c), r in zip(todo, results, strict=True):
+                if isinstance(r, BaseException):
+                    if not isinstance(r, Exception):
+                        raise r  # cancellation
+                    failures.append(r)
+                else:
+                    uploaded.append((s, c, *r))
             by_tenant: dict[str, dict[int, tuple[str, int, list[ChunkRef]]]] = {}
-            for (s, _), (ref, index_it) in zip(todo, uploads, strict=True):
+            for s, _, ref, index_it in uploaded:
                 if index_it:
                     series = by_tenant.setdefault(s.tenant, {})
                     series.setdefault(s.fp, (s.labels, s.fp, []))[2].append(ref)
+            indexed: set[str] = set()
             for tenant, series in by_tenant.items():
-                await self.store.write_index(tenant, list(series.values()))
+                try:
+                    await self.store.write_index(tenant, list(series.values()))
+                except Exception as e:  # the tenant's chunks are flushed again later
+                    failures.append(e)
+                else:
+                    indexed.add(tenant)
             if self.recent is not None:
                 await self.recent.mark(
                     [
                         r.key
-                        for series in by_tenant.values()
-                        for *_, refs in series.values()
+                        for tenant in indexed
+                        for *_, refs in by_tenant[tenant].values()
                         for r in refs
                     ]
                 )
+            todo = [(s, c) for s, c, _, index_it in uploaded if not index_it or s.tenant in indexed]
             # Only now, with chunks and index durable, drop them from memory and the WAL.
             done = {id(c) for _, c in todo}
             for s, c in todo:
@@ -641,6 +663,9 @@ class Ingester:
                     del self.streams[key]
                     metrics.INGESTER_STREAMS.dec()
             self._truncate_wal()
+            if failures:
+                metrics.INGESTER_FLUSH_FAILURES.inc(len(failures))
+                raise failures[0]
             return len(todo)
 
     def _truncate_wal(self) -> None:

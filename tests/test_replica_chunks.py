@@ -20,7 +20,7 @@ from loki_async import failpoints
 from loki_async.chunk import ChunkReader, Codec
 from loki_async.config import IngesterConfig, LimitsConfig
 from loki_async.distributor import Distributor, ReplicaRepair
-from loki_async.errors import Unavailable
+from loki_async.errors import StorageError, Unavailable
 from loki_async.ingester import Chunker, Ingester, MemChunk
 from loki_async.labels import fingerprint
 from loki_async.logproto import PushStream
@@ -347,3 +347,30 @@ def test_failpoints_parse_and_name_what_is_wrong() -> None:
     finally:
         failpoints.configure("")
     assert not failpoints.hit("distributor.replica_send")
+
+
+async def test_a_failing_upload_holds_back_only_its_own_chunks(tmp_path) -> None:
+    """One tenant's chunk that cannot be stored stays in memory for the next flush; the
+    other tenant's chunks are flushed and indexed meanwhile."""
+    r = Replica(tmp_path, "a")
+    wire = lambda labels, t: [  # noqa: E731
+        labels, fingerprint(labels), array("q", [t]).tobytes(), array("I", [5]).tobytes(),
+        b"hello", None,
+    ]  # fmt: skip
+    r.ingester._apply({"t": "good", "s": [wire('{app="x"}', BASE)]}, 0)
+    r.ingester._apply({"t": "bad", "s": [wire('{app="x"}', BASE)]}, 0)
+    put = r.objects.put_if_absent
+
+    async def failing(key: str, data: bytes) -> bool:
+        if key.startswith("bad/"):
+            raise StorageError("disk on fire")
+        return await put(key, data)
+
+    r.objects.put_if_absent = failing  # type: ignore[method-assign]
+    with pytest.raises(StorageError, match="disk on fire"):
+        await r.ingester.flush(force=True)
+    assert [t for t, _ in r.ingester.streams] == ["bad"]
+    assert list((r.objects._root / "good" / "index").rglob("*.idx"))
+    r.objects.put_if_absent = put  # type: ignore[method-assign]
+    assert await r.ingester.flush(force=True) == 1
+    assert not r.ingester.streams

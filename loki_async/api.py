@@ -7,10 +7,15 @@ with the status from :func:`loki_async.errors.http_status`, as Loki answers them
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import contextlib
+import hashlib
+import hmac
 import logging
 import math
 import re
+import string
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -22,13 +27,14 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from . import __version__, metrics
-from .config import Config, parse_duration
+from .config import Config, ServerConfig, format_duration, parse_duration, read_secret
 from .coprocessor import API_VERSION
 from .coprocessor_host import HEADER_VERSION as HEADER_COPROCESSOR_VERSION
 from .coprocessor_host import Registry
 from .distributor import Distributor
 from .errors import (
     BadRequest,
+    ConfigError,
     LokiError,
     NotFound,
     PayloadTooLarge,
@@ -40,7 +46,7 @@ from .frontend import Frontend, PluginHost, QueryRequest, QueryResult, SplitResu
 from .labels import label_map
 from .logproto import decode_push, format_labels
 from .logql import ParseError, parse_expr, parse_log_selector
-from .logql.ast import Expr, LogSelectorExpr
+from .logql.ast import Expr, LogSelectorExpr, MultiVariantExpr
 from .logql.engine import to_json
 from .logql.pretty import prettify
 from .otlp import decode_otlp, export_error, export_response
@@ -72,6 +78,14 @@ ERR_INSTANT_LOG_QUERY = (
     "a range query type"
 )
 DEFAULT_TENANT = "fake"
+# Loki's tenant ID rules (dskit's tenant.ValidTenantID): these characters, at most 150.
+TENANT_CHARS = frozenset(string.ascii_letters + string.digits + "!-_.*'()")
+MAX_TENANT_LENGTH = 150
+HEADER_AUTHORIZATION = "Authorization"
+AUTH_REALM = "loki-async"
+# Open even with server.basic_auth_* / bearer_token_file: probes and scrapers ask them
+# without credentials, and they hold no log data.
+OPEN_PATHS = frozenset(("/ready", "/metrics"))
 DEFAULT_LIMIT = 100
 DEFAULT_SINCE_S = 3600.0
 MAX_TAIL_DELAY_S = 5
@@ -96,17 +110,28 @@ def parse_time(value: str | None, default: int) -> int:
         else:
             if math.isfinite(f):
                 s, frac = divmod(f, 1)
-                return int(s) * 10**9 + round(frac * 1000) * 10**6
+                return _in_range(int(s) * 10**9 + round(frac * 1000) * 10**6, value)
     if re.fullmatch(r"-?\d+", value):
-        n = int(value)
-        return n * 10**9 if len(value.lstrip("-")) <= 10 else n
+        # Past 19 significant digits it is out of range anyway (and int() refuses 4300).
+        digits = value.lstrip("-").lstrip("0")[:20] or "0"
+        n = -int(digits) if value[0] == "-" else int(digits)
+        return _in_range(n * 10**9 if len(value.lstrip("-")) <= 10 else n, value)
     try:
         dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
         if dt.tzinfo is None:
             raise ValueError
     except ValueError:
         raise BadRequest(f'cannot parse "{value}" to a valid timestamp') from None
-    return int(dt.timestamp()) * 10**9 + dt.microsecond * 1000 + _nanos_suffix(value)
+    return _in_range(
+        int(dt.timestamp()) * 10**9 + dt.microsecond * 1000 + _nanos_suffix(value), value
+    )
+
+
+def _in_range(ns: int, value: str) -> int:
+    """``ns`` if it fits an int64 (years 1678 to 2262), as every timestamp must."""
+    if not -(2**63) <= ns < 2**63:
+        raise BadRequest(f'cannot parse "{value}" to a valid timestamp')
+    return ns
 
 
 def _nanos_suffix(value: str) -> int:
@@ -115,7 +140,10 @@ def _nanos_suffix(value: str) -> int:
     return int(m.group(1).ljust(3, "0")) if m else 0
 
 
-def _bounds(params: Any, cfg: Config) -> tuple[int, int]:
+def _bounds(params: Any, cfg: Config, *, metadata: bool = True) -> tuple[int, int]:
+    """``start`` and ``end`` (``since`` before ``end``). Labels, series and index queries
+    are held to ``max_query_length`` here, as Loki's querier holds them; a query's range
+    is the frontend's to check (``metadata=False``)."""
     now = time.time_ns()
     end = parse_time(params.get("end"), now)
     since = params.get("since")
@@ -126,6 +154,12 @@ def _bounds(params: Any, cfg: Config) -> tuple[int, int]:
     start = parse_time(params.get("start"), end - since_ns)
     if end < start:
         raise BadRequest("end timestamp must not be before or equal to start time")
+    limit_s = cfg.limits_config.max_query_length_s
+    if metadata and limit_s and (end - start) / 1e9 > limit_s:
+        raise BadRequest(
+            f"the query time range exceeds the limit (query length: "
+            f"{format_duration((end - start) / 1e9)}, limit: {format_duration(limit_s)})"
+        )
     return start, end
 
 
@@ -143,7 +177,10 @@ def _query_param(params: Any) -> tuple[Expr, str]:
     query = params.get("query")
     if not query:
         raise BadRequest("query parameter is required")
-    return parse_expr(query), query
+    expr = parse_expr(query)
+    if isinstance(expr, MultiVariantExpr):  # parsed (format_query shows it), never run
+        raise BadRequest("multi variant queries are disabled for this instance")
+    return expr, query
 
 
 def _limit_param(params: Any) -> int:
@@ -167,16 +204,31 @@ def _step_param(params: Any, name: str, default: int) -> int:
         return default
     try:
         ns = round(float(value) * 1e9)
+    except OverflowError:  # inf
+        ns = 2**63
     except ValueError:
         try:
             ns = int(parse_duration(value) * 1e9)
         except ValueError:
             raise BadRequest(f'cannot parse "{value}" to a valid duration') from None
+    if not -(2**63) <= ns < 2**63:
+        raise BadRequest(f'cannot parse "{value}" to a valid duration. It overflows int64')
     if ns <= 0 and name == "step":
         raise BadRequest(
             "zero or negative query resolution step widths are not accepted. Try a positive integer"
         )
     return max(ns, 0)
+
+
+def _resolution_param(params: Any, start: int, end: int) -> int:
+    """``step`` of a range query, at most ``MAX_POINTS`` per series (Loki's check)."""
+    step = _step_param(params, "step", default_step_ns(start, end))
+    if (end - start) // step > MAX_POINTS:
+        raise BadRequest(
+            "exceeded maximum resolution of 11,000 points per time series. Try "
+            "increasing the value of the step parameter"
+        )
+    return step
 
 
 def _duration_param(params: Any, name: str, cap_s: float) -> float:
@@ -212,6 +264,17 @@ def _keep_alive_param(params: Any) -> float | None:
 def default_step_ns(start: int, end: int) -> int:
     """Loki's default step: the range / 250, in whole seconds, at least 1s."""
     return max((end - start) // (250 * 10**9), 1) * 10**9
+
+
+def body_too_large(limit: int) -> str:
+    return f"request body too large: limit {limit} bytes"
+
+
+def refuse_oversized(request: web.Request, limit: int) -> None:
+    """A 413 before anything is read when the Content-Length is past the limit. (A
+    chunked body is read up to the limit: aiohttp's ``client_max_size`` stops it.)"""
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(body_too_large(limit))
 
 
 def _no_cache(request: web.Request) -> bool:
@@ -278,6 +341,81 @@ _FLOAT_OR_UUID = re.compile(
 )
 
 
+# --------------------------------------------------------------------------- tenants, auth
+
+
+def check_tenant(org: str) -> str:
+    """``org`` if it is a valid tenant ID by Loki's rules, else a 400 in Loki's words.
+    The rules also keep a tenant inside its directory of the filesystem store and its
+    name within a file name's length."""
+    for c in org:
+        if c not in TENANT_CHARS:
+            raise BadRequest(
+                f"tenant ID '{_printable(org)}' contains unsupported character '{_printable(c)}'"
+            )
+    if len(org) > MAX_TENANT_LENGTH:
+        raise BadRequest(f"tenant ID is too long: max {MAX_TENANT_LENGTH} characters")
+    if org in (".", ".."):
+        raise BadRequest("tenant ID is '.' or '..'")
+    return org
+
+
+def _printable(text: str) -> str:
+    # Header bytes that are not UTF-8 arrive as surrogates, which no response can carry.
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def _digest(secret: bytes) -> bytes:
+    return hashlib.sha256(secret).digest()
+
+
+class Credentials:
+    """What every request but ``OPEN_PATHS`` must carry when ``server.basic_auth_username``
+    or ``server.bearer_token_file`` is set: HTTP basic credentials or the bearer token.
+    The secrets are read once, at start, and kept only as SHA-256 digests, compared in
+    constant time (no length or prefix leaks); nothing here logs."""
+
+    def __init__(self, server: ServerConfig) -> None:
+        self.basic: bytes | None = None
+        self.bearer: bytes | None = None
+        try:
+            if server.basic_auth_username:
+                password = read_secret(server.basic_auth_password_file)
+                self.basic = _digest(f"{server.basic_auth_username}:{password}".encode())
+            if server.bearer_token_file:
+                self.bearer = _digest(read_secret(server.bearer_token_file).strip().encode())
+        except OSError as e:
+            raise ConfigError(f"server: cannot read a credentials file: {e}") from None
+
+    @property
+    def required(self) -> bool:
+        return self.basic is not None or self.bearer is not None
+
+    def allow(self, authorization: str) -> bool:
+        """Whether an ``Authorization`` header value carries valid credentials."""
+        scheme, _, value = authorization.strip().partition(" ")
+        scheme, value = scheme.lower(), value.strip()
+        if scheme == "basic" and self.basic is not None:
+            try:
+                given = base64.b64decode(value, validate=True)
+            except ValueError:  # not base64, or not ASCII
+                return False
+            return hmac.compare_digest(_digest(given), self.basic)
+        if scheme == "bearer" and self.bearer is not None:
+            given = value.encode("utf-8", "surrogateescape")
+            return hmac.compare_digest(_digest(given), self.bearer)
+        return False
+
+    def challenges(self) -> list[str]:
+        """The ``WWW-Authenticate`` values of a 401 (Basic makes a browser ask)."""
+        out = []
+        if self.basic is not None:
+            out.append(f'Basic realm="{AUTH_REALM}", charset="UTF-8"')
+        if self.bearer is not None:
+            out.append(f'Bearer realm="{AUTH_REALM}"')
+        return out
+
+
 # --------------------------------------------------------------------------- app
 
 
@@ -298,6 +436,7 @@ class API:
         self.split_results: SplitResults | None = None
         self.coprocessors: Registry | None = None
         self.ready = ready
+        self.credentials = Credentials(cfg.server)
 
     def tenant(self, request: web.Request) -> str:
         if self.read and self.querier is None and request.path not in (PUSH_PATH, OTLP_LOGS_PATH):
@@ -307,13 +446,14 @@ class API:
         org = request.headers.get(HEADER_TENANT, "").strip()
         if not org:
             raise Unauthorized("no org id")
-        if "|" in org or "/" in org or org in (".", ".."):
-            raise BadRequest(f"tenant ID '{org}' contains unsupported character")
-        return org
+        return check_tenant(org)
 
     def app(self) -> web.Application:
+        middlewares = [self._errors]
+        if self.credentials.required:
+            middlewares.append(self._authenticate)
         app = web.Application(
-            client_max_size=self.cfg.server.http_server_max_body_bytes, middlewares=[self._errors]
+            client_max_size=self.cfg.server.http_server_max_body_bytes, middlewares=middlewares
         )
         r = app.router
         r.add_get("/ready", self.handle_ready)
@@ -360,18 +500,21 @@ class API:
     async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         t0 = time.perf_counter()
         status = 500
+        limit = self.cfg.server.http_server_max_body_bytes
         try:
+            if request.path != OTLP_LOGS_PATH:  # OTLP answers in its own encoding
+                refuse_oversized(request, limit)
             resp = await handler(request)
             status = resp.status
             return resp
         except web.HTTPException as e:
             status = e.status
-            if e.status == 413:
+            # aiohttp's 413s: a body past client_max_size, or a form of too many fields.
+            if e.status == 413 and "form fields" not in (e.text or ""):
                 raise web.HTTPRequestEntityTooLarge(
-                    max_size=self.cfg.server.http_server_max_body_bytes,
+                    max_size=limit,
                     actual_size=request.content_length or 0,
-                    text=f"request body too large: limit "
-                    f"{self.cfg.server.http_server_max_body_bytes} bytes",
+                    text=body_too_large(limit),
                 ) from None
             raise
         except LokiError as e:
@@ -391,9 +534,21 @@ class API:
                 time.perf_counter() - t0
             )
 
+    @web.middleware
+    async def _authenticate(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """401 with the challenges unless the request carries valid credentials."""
+        if request.path in OPEN_PATHS or self.credentials.allow(
+            request.headers.get(HEADER_AUTHORIZATION, "")
+        ):
+            return await handler(request)
+        resp = web.Response(status=401, text="unauthorized\n")
+        for challenge in self.credentials.challenges():
+            resp.headers.add("WWW-Authenticate", challenge)
+        return resp
+
     async def _params(self, request: web.Request) -> Any:
         if request.method == "POST":
-            form = await request.post()
+            form = await _form(request)
             merged = dict(request.query)
             merged.update({k: v for k, v in form.items() if isinstance(v, str)})
             multi = list(request.query.getall("match[]", [])) + [
@@ -422,6 +577,7 @@ class API:
         return web.Response(status=503, text="Ingester not ready: waiting for components\n")
 
     async def handle_metrics(self, request: web.Request) -> web.Response:
+        metrics.ASYNCIO_TASKS.set(len(asyncio.all_tasks()))
         return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def handle_buildinfo(self, request: web.Request) -> web.Response:
@@ -462,11 +618,12 @@ class API:
             if self.distributor is None:
                 raise Unavailable("distributor is starting")
             tenant = self.tenant(request)
+            limit = self.cfg.server.http_server_max_body_bytes
+            refuse_oversized(request, limit)
             try:
                 body = await request.read()
             except web.HTTPRequestEntityTooLarge:
-                limit = self.cfg.server.http_server_max_body_bytes
-                raise PayloadTooLarge(f"request body too large: limit {limit} bytes") from None
+                raise PayloadTooLarge(body_too_large(limit)) from None
             streams = decode_otlp(
                 body,
                 ctype,
@@ -493,17 +650,12 @@ class API:
         tenant = self.tenant(request)
         params, _ = await self._params(request)
         expr, query = _query_param(params)
-        start, end = _bounds(params, self.cfg)
+        start, end = _bounds(params, self.cfg, metadata=False)
         if isinstance(expr, LogSelectorExpr):
             step = 0
             interval = _step_param(params, "interval", 0)
         else:
-            step = _step_param(params, "step", default_step_ns(start, end))
-            if (end - start) // step > MAX_POINTS:
-                raise BadRequest(
-                    "exceeded maximum resolution of 11,000 points per time series. Try "
-                    "increasing the value of the step parameter"
-                )
+            step = _resolution_param(params, start, end)
             if self.cfg.query_range.align_queries_with_step:
                 start, end = start // step * step, end // step * step
             interval = 0
@@ -710,6 +862,8 @@ class API:
         tenant = self.tenant(request)
         params, matches = await self._params(request)
         matches = sorted({m for m in matches if m.strip() not in ("", "{}")})
+        for m in matches:  # as Loki's ParseSeriesQuery: the selectors before the range
+            parse_log_selector(m)
         start, end = _bounds(params, self.cfg)
         series = await self._querier().series(tenant, matches, start, end)
         return _json({"status": "success", "data": [dict(label_map(s)) for s in series]})
@@ -752,7 +906,7 @@ class API:
         targets = [t.strip() for t in (params.get("targetLabels") or "").split(",") if t.strip()]
         if not targets:
             targets = [m.name for m in parse_log_selector(selector).matchers]
-        step = _step_param(params, "step", default_step_ns(start, end)) if ranged else 0
+        step = _resolution_param(params, start, end) if ranged else 0
         streams = await self._querier().chunk_stats(tenant, selector, start, end)
         volumes: dict[tuple[tuple[str, str], ...], dict[int, int]] = {}
         for labels, chunks in streams.items():
@@ -817,7 +971,7 @@ class API:
     async def handle_ring_forget(self, request: web.Request) -> web.Response:
         """``forget=<id>`` (form or query): drop a dead ingester from the ring."""
         ring = self._ring()
-        form = await request.post()
+        form = await _form(request)
         target = str(form.get("forget") or request.query.get("forget") or "").strip()
         if not target:
             raise BadRequest("forget=<ingester id> is required")
@@ -892,6 +1046,14 @@ class API:
         if self.querier is None:
             raise Unavailable("querier is starting")
         return self.querier
+
+
+async def _form(request: web.Request) -> Any:
+    """The POST form; a body that is not the form its Content-Type says is a 400."""
+    try:
+        return await request.post()
+    except (ValueError, LookupError) as e:  # bad multipart, bad UTF-8, unknown charset
+        raise BadRequest(f"invalid form body: {e}") from None
 
 
 def _coprocessor_params(request: web.Request, params: Any) -> dict[str, str]:

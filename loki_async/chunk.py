@@ -58,9 +58,16 @@ def encode_metadata(pairs: list[tuple[str, str]] | None) -> bytes:
 
 
 def decode_metadata(data: bytes) -> list[tuple[str, str]]:
+    """One entry's structured metadata; CorruptDataError if it is not what
+    :func:`encode_metadata` writes."""
     if not data:
         return []
-    flat = msgpack.unpackb(data)
+    try:
+        flat = msgpack.unpackb(data)
+    except (ValueError, TypeError, msgpack.UnpackException) as e:
+        raise CorruptDataError(f"malformed structured metadata: {e}") from None
+    if type(flat) is not list or len(flat) % 2 or not all(type(s) is str for s in flat):
+        raise CorruptDataError("malformed structured metadata: not a list of name, value pairs")
     return list(zip(flat[::2], flat[1::2], strict=True))
 
 
@@ -153,6 +160,8 @@ def decode_block(raw: bytes) -> Block:
             meta_offsets = list(accumulate(mlens, initial=0))
             meta_blob = raw[pos : pos + meta_offsets[-1]]
             pos += meta_offsets[-1]
+            if len(mlens) != n or len(meta_blob) != meta_offsets[-1]:
+                raise CorruptDataError("block metadata does not match its lengths")
         elif flag != 0:
             raise CorruptDataError(f"block has unknown metadata flag {flag}")
         offsets = list(accumulate(lens, initial=0))

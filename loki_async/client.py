@@ -3,13 +3,16 @@
 ``query`` runs a LogQL query against a loki-async (or Loki) server, synchronously or as an
 asynchronous ticket whose progress it shows on stderr while it waits; ``ticket`` reads,
 waits for, stops, cancels or lists tickets. Results print as received (``raw``),
-pretty-printed (``json``) or one JSON line per entry or point (``jsonl``).
+pretty-printed (``json``) or one JSON line per entry or point (``jsonl``). The server,
+tenant and credentials come from flags or, as for logcli, from ``LOKI_ADDR``,
+``LOKI_ORG_ID``, ``LOKI_USERNAME``/``LOKI_PASSWORD`` and ``LOKI_BEARER_TOKEN``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import time
 from typing import Any
@@ -19,6 +22,7 @@ import orjson
 
 from .config import parse_duration
 
+DEFAULT_ADDR = "http://127.0.0.1:3100"
 TICKETS = "/loki/api/v1/tickets"
 HEADER_TENANT = "X-Scope-OrgID"
 HEADER_TICKET = "X-Loki-Ticket"
@@ -38,12 +42,20 @@ class ClientError(Exception):
 
 
 class Server:
-    """One server (address and tenant) and an aiohttp session to it."""
+    """One server (address, tenant, credentials) and an aiohttp session to it."""
 
-    def __init__(self, session: aiohttp.ClientSession, addr: str, org_id: str | None) -> None:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        addr: str,
+        org_id: str | None,
+        authorization: str = "",
+    ) -> None:
         self.session = session
         self.addr = addr.rstrip("/")
         self.headers = {HEADER_TENANT: org_id} if org_id else {}
+        if authorization:
+            self.headers["Authorization"] = authorization
 
     async def request(
         self,
@@ -73,6 +85,18 @@ class Server:
         status, body, _ = await self.request(method, path, params)
         check(status, body)
         return status, body
+
+
+def authorization(args: argparse.Namespace) -> str:
+    """The ``Authorization`` header of ``--bearer-token`` or ``--username``/``--password``,
+    empty without credentials; both is a mistake, as in logcli."""
+    if args.bearer_token and args.username:
+        raise ClientError("error: give a bearer token or a username and password, not both")
+    if args.bearer_token:
+        return f"Bearer {args.bearer_token}"
+    if args.username:
+        return aiohttp.BasicAuth(args.username, args.password or "").encode()
+    return ""
 
 
 def check(status: int, body: bytes) -> None:
@@ -193,7 +217,7 @@ async def run_query(args: argparse.Namespace) -> int:
     path, params = query_params(args)
     headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else {}
     async with session() as s:
-        srv = Server(s, args.addr, args.org_id)
+        srv = Server(s, args.addr, args.org_id, authorization(args))
         status, body, ticket = await srv.request("GET", path, params, headers)
         if status == 202:
             ticket = orjson.loads(body)["data"]["ticket"]
@@ -228,7 +252,7 @@ async def follow(srv: Server, ticket: str, *, show_progress: bool) -> bytes:
 
 async def run_ticket(args: argparse.Namespace) -> int:
     async with session() as s:
-        srv = Server(s, args.addr, args.org_id)
+        srv = Server(s, args.addr, args.org_id, authorization(args))
         path = f"{TICKETS}/{args.id}"
         if args.list:
             _, body = await srv.call("GET", TICKETS)
@@ -261,8 +285,23 @@ def _duration(text: str) -> str:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--addr", default="http://127.0.0.1:3100", help="server URL")
-    p.add_argument("--org-id", help="tenant (X-Scope-OrgID)")
+    """Server, tenant and credentials, from flags or logcli's environment variables."""
+    env = os.environ.get
+    p.add_argument("--addr", default=env("LOKI_ADDR", DEFAULT_ADDR), help="server URL (LOKI_ADDR)")
+    p.add_argument(
+        "--org-id", default=env("LOKI_ORG_ID"), help="tenant, X-Scope-OrgID (LOKI_ORG_ID)"
+    )
+    p.add_argument(
+        "--username", default=env("LOKI_USERNAME"), help="basic auth user (LOKI_USERNAME)"
+    )
+    p.add_argument(
+        "--password", default=env("LOKI_PASSWORD"), help="basic auth password (LOKI_PASSWORD)"
+    )
+    p.add_argument(
+        "--bearer-token",
+        default=env("LOKI_BEARER_TOKEN"),
+        help="sent as Authorization: Bearer, instead of basic auth (LOKI_BEARER_TOKEN)",
+    )
     p.add_argument("--output", choices=("raw", "json", "jsonl"), default="raw")
 
 

@@ -74,6 +74,12 @@ def format_size(n: int) -> str:
     return str(n)
 
 
+def read_secret(path: str) -> str:
+    """The secret held in file ``path``, without its trailing newline. OSError if the
+    file cannot be read."""
+    return Path(path).read_text().rstrip("\r\n")
+
+
 # --------------------------------------------------------------------------- sections
 
 
@@ -98,6 +104,30 @@ class ServerConfig:
             key="http_server_max_body_size",
             kind="size",
             help="largest request body, also after decompression (413 beyond)",
+        ),
+    )
+    # Credentials in front of every route but /ready and /metrics (docs/operations.md,
+    # "Tenants and authentication"). Secrets live in files, never in the config itself,
+    # so -print-config and logs cannot show them.
+    basic_auth_username: str = field(
+        default="",
+        metadata=opt(
+            "-server.basic-auth-username",
+            help="require HTTP basic auth with this user (and basic_auth_password_file)",
+        ),
+    )
+    basic_auth_password_file: str = field(
+        default="",
+        metadata=opt(
+            "-server.basic-auth-password-file",
+            help="file holding the basic auth password (read at start; trailing newline ignored)",
+        ),
+    )
+    bearer_token_file: str = field(
+        default="",
+        metadata=opt(
+            "-server.bearer-token-file",
+            help="file holding a token accepted as Authorization: Bearer (read at start)",
         ),
     )
 
@@ -621,6 +651,14 @@ class LimitsConfig:
             help="metric splits newer than this are not cached",
         ),
     )
+    max_concurrent_async_queries: int = field(
+        default=32,
+        metadata=opt(
+            "-frontend.max-concurrent-async-queries",
+            help="async queries a tenant may have queued or running at once (429 beyond; "
+            "0: no limit)",
+        ),
+    )
 
 
 @dataclass(frozen=True)
@@ -679,7 +717,10 @@ class Config:
     )
     auth_enabled: bool = field(
         default=False,
-        metadata=opt("-auth.enabled", help="require X-Scope-OrgID (the tenant) on every request"),
+        metadata=opt(
+            "-auth.enabled",
+            help="require X-Scope-OrgID (the tenant) on every request for logs or tickets",
+        ),
     )
     server: ServerConfig = field(default_factory=ServerConfig)
     common: CommonConfig = field(default_factory=CommonConfig)
@@ -991,6 +1032,8 @@ def _validate(cfg: Config) -> list[str]:
         errs.append("querier_worker: concurrency must be >= 0 and max_concurrent_queries >= 1")
     if qw.max_deliver < 1 or qw.ack_wait_s < 1:
         errs.append("querier_worker: max_deliver must be >= 1 and ack_wait >= 1s")
+    if cfg.limits_config.max_concurrent_async_queries < 0:
+        errs.append("limits_config.max_concurrent_async_queries: must be >= 0 (0: no limit)")
     fe = cfg.frontend
     if not 0 < fe.async_default_keep_alive_s <= fe.async_max_keep_alive_s:
         errs.append(
@@ -1003,6 +1046,25 @@ def _validate(cfg: Config) -> list[str]:
         errs.append("coprocessors.reload_interval: must be >= 0 (0 turns hot reload off)")
     if not 1 <= cfg.ingester.zstd_level <= 19:
         errs.append("ingester.zstd_level: must be between 1 and 19")
+    errs.extend(_validate_auth(cfg.server))
+    return errs
+
+
+def _validate_auth(srv: ServerConfig) -> list[str]:
+    errs = []
+    if bool(srv.basic_auth_username) != bool(srv.basic_auth_password_file):
+        errs.append("server: basic_auth_username and basic_auth_password_file go together")
+    if ":" in srv.basic_auth_username:
+        errs.append("server.basic_auth_username: must not contain ':'")
+    for key in ("basic_auth_password_file", "bearer_token_file"):
+        path = getattr(srv, key)
+        if not path:
+            continue
+        try:
+            if not read_secret(path).strip():
+                errs.append(f"server.{key}: {path} is empty")
+        except OSError as e:
+            errs.append(f"server.{key}: cannot read {path}: {e.strerror}")
     return errs
 
 

@@ -38,6 +38,7 @@ from .errors import BadRequest, CorruptDataError, QueryTimeout
 from .logql import parse_expr
 from .logql.ast import (
     Expr,
+    LogRange,
     LogSelectorExpr,
     RangeAggregationExpr,
     SampleExpr,
@@ -440,7 +441,10 @@ class Frontend:
     def validate(self, req: QueryRequest) -> None:
         """Loki's query limits, with Loki's messages (400)."""
         lim = self.cfg.limits_config
-        length_s = (req.end - req.start) / NS
+        # A range vector reads [range] back from each step: an instant query over
+        # [100000h] reads as much as a range query over 100000h.
+        longest = max((e.interval_ns for e in walk(req.expr) if isinstance(e, LogRange)), default=0)
+        length_s = max(req.end - req.start, longest) / NS
         if lim.max_query_length_s and length_s > lim.max_query_length_s:
             raise BadRequest(
                 f"the query time range exceeds the limit (query length: "

@@ -171,26 +171,32 @@ def _decode_content_encoding(body: bytes, encoding: str, limit: int) -> bytes:
     raise BadRequest(f"Content-Encoding {encoding!r} not supported: use gzip, deflate, or none")
 
 
-def _inflate(body: bytes, wbits: int, name: str, limit: int) -> bytes:
-    """Inflate ``body``, never holding more than ``limit + 1`` decompressed bytes.
+_INFLATE_STEP = 1 << 20
 
+
+def _inflate(body: bytes, wbits: int, name: str, limit: int) -> bytes:
+    """Inflate ``body``, never holding more than ``limit`` + 1 MiB decompressed bytes.
+
+    Inflating in steps matters: one ``decompress(body, limit)`` call collects its output
+    in blocks and then joins them, which holds twice the limit at its peak.
     gzip members may be concatenated (Go's reader reads them all).
     """
-    chunks: list[bytes] = []
-    total = 0
+    out = bytearray()
     rest = body
     try:
         while True:
             inflater = zlib.decompressobj(wbits)
-            chunk = inflater.decompress(rest, limit - total + 1)
-            total += len(chunk)
-            if total > limit:
-                raise BadRequest(
-                    f"{name}: decompressed push request larger than max ({limit} bytes)"
-                )
-            chunks.append(chunk)
-            if not inflater.eof:
-                raise BadRequest(f"{name}: unexpected EOF: the compressed body is truncated")
+            pending = rest
+            while not inflater.eof:
+                chunk = inflater.decompress(pending, _INFLATE_STEP)
+                out += chunk
+                if len(out) > limit:
+                    raise BadRequest(
+                        f"{name}: decompressed push request larger than max ({limit} bytes)"
+                    )
+                pending = inflater.unconsumed_tail
+                if not pending and not chunk:
+                    raise BadRequest(f"{name}: unexpected EOF: the compressed body is truncated")
             rest = inflater.unused_data
             if not rest or wbits < 0:
                 break
@@ -198,7 +204,7 @@ def _inflate(body: bytes, wbits: int, name: str, limit: int) -> bytes:
         raise BadRequest(f"{name}: invalid compressed body: {exc}") from None
     if rest:
         raise BadRequest(f"{name}: trailing bytes after the compressed body")
-    return b"".join(chunks)
+    return bytes(out)
 
 
 def _snappy_decompress(body: bytes, limit: int) -> bytes:

@@ -261,6 +261,7 @@ class App:
             objects=self.objects,
             default_keep_alive_s=cfg.frontend.async_default_keep_alive_s,
             max_keep_alive_s=cfg.frontend.async_max_keep_alive_s,
+            max_concurrent=cfg.limits_config.max_concurrent_async_queries,
         )
         if "query-frontend" in self.modules:
             self.api.frontend = frontend

@@ -176,10 +176,13 @@ class FilesystemObjectClient:
 
     def _path(self, key: str) -> Path:
         parts = key.split("/")
+        # Temporary files are only ever file names: a directory such as tenant ".tmp-x"
+        # (a valid tenant ID) is an ordinary one.
         if (
             key.startswith("/")
             or "\0" in key
-            or any(p in ("", ".", "..") or p.startswith(_TMP_PREFIX) for p in parts)
+            or any(p in ("", ".", "..") for p in parts)
+            or parts[-1].startswith(_TMP_PREFIX)
         ):
             raise BadRequest(f"invalid object key {key!r}")
         return self._root.joinpath(*parts)

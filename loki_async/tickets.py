@@ -11,6 +11,7 @@ not found::
     x.<tenant>.<execution>     Execution: request, state, progress, stats, result location
     i.<tenant>.<sha(key)>      Idempotency-Key -> ticket id
     q.<tenant>.<fingerprint>   coalescing: identical in-flight query -> execution id
+    r.<tenant>                 executions taken as queued or running (the concurrency limit)
 
 An execution moves ``queued -> running -> done | failed | cancelled``; the coordinating
 worker is its only writer of progress, the frontend only sets the stop flag or cancels,
@@ -34,7 +35,7 @@ from typing import Any
 import zstandard
 
 from . import bus
-from .errors import BadRequest, LokiError, NotFound
+from .errors import BadRequest, LokiError, NotFound, RateLimited
 from .frontend import (
     Planner,
     QueryRequest,
@@ -239,6 +240,7 @@ class Tickets:
         objects: ObjectClient | None,
         default_keep_alive_s: float,
         max_keep_alive_s: float,
+        max_concurrent: int = 0,
     ) -> None:
         self.nc = nc
         self.js = js
@@ -247,19 +249,23 @@ class Tickets:
         self.objects = objects
         self.default_keep_alive_s = default_keep_alive_s
         self.max_keep_alive_s = max_keep_alive_s
+        self.max_concurrent = max_concurrent  # executions per tenant (0: no limit)
 
     # ------------------------------------------------------------------ records
 
-    async def _get(self, key: str) -> tuple[dict[str, Any], int] | None:
+    async def _raw(self, key: str) -> tuple[bytes, int] | None:
+        """A key's value and revision; None if it is missing, deleted or empty."""
         from nats.js.errors import KeyNotFoundError
 
         try:
             entry = await bus.js_retry(lambda: self.kv.get(key), "read ticket")
         except KeyNotFoundError:
             return None
-        if not entry.value:
-            return None
-        return bus.unpack(entry.value), entry.revision
+        return (entry.value, entry.revision) if entry.value else None
+
+    async def _get(self, key: str) -> tuple[dict[str, Any], int] | None:
+        got = await self._raw(key)
+        return (bus.unpack(got[0]), got[1]) if got else None
 
     async def load_exec(self, tenant: str, execution: str) -> Execution | None:
         got = await self._get(exec_key(tenant, execution))
@@ -321,17 +327,27 @@ class Tickets:
         now = time.time_ns()
         tid = new_id()
         if idempotency_key:
-            digest = hashlib.sha256(idempotency_key.encode()).hexdigest()[:32]
+            # The header's own bytes: those that are not UTF-8 arrive as surrogates.
+            key = idempotency_key.encode("utf-8", "surrogateescape")
+            digest = hashlib.sha256(key).hexdigest()[:32]
             existing = await self._claim_idempotency(f"i.{tk}.{digest}", tid, tenant)
             if existing is not None:
                 return existing
+        coalesce_key = f"q.{tk}.{req.fingerprint()}"
+        if self.max_concurrent > 0 and not await self._running_identical(tenant, coalesce_key):
+            try:
+                await self._take_slot(tenant, tid)
+            except RateLimited:
+                if idempotency_key:
+                    await self._release_idempotency(f"i.{tk}.{digest}", tid)
+                raise
         x = Execution(
             id=tid,
             tenant=tenant,
             request=req.to_wire(),
             created_ns=now,
             tickets=[tid],
-            coalesce_key=f"q.{tk}.{req.fingerprint()}",
+            coalesce_key=coalesce_key,
         )
         t = Ticket(tid, tenant, tid, now, now + keep_ns)
         await bus.js_retry(
@@ -389,6 +405,57 @@ class Tickets:
                     "claim idempotency key",
                 )
                 return None
+
+    async def _release_idempotency(self, key: str, tid: str) -> None:
+        """Give up the claim on ``key`` if ticket ``tid`` still holds it."""
+        from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+
+        got = await self._get(key)
+        if got is not None and got[0]["ticket"] == tid:
+            with contextlib.suppress(KeyNotFoundError, KeyWrongLastSequenceError):
+                await self.kv.delete(key, last=got[1])
+
+    async def _running_identical(self, tenant: str, coalesce_key: str) -> bool:
+        """Whether an identical query is in flight (a submission attaches to it)."""
+        got = await self._raw(coalesce_key)
+        x = await self.load_exec(tenant, got[0].decode()) if got else None
+        return x is not None and x.is_running and not x.stop_requested
+
+    async def _take_slot(self, tenant: str, execution: str) -> None:
+        """Count ``execution`` among the tenant's queued or running ones, or raise 429
+        at ``max_concurrent``. The list (``r.<tenant>``) is checked against the
+        executions' states only when it is full: finished ones leave it then, so a slot
+        is never lost to a worker that died."""
+        from nats.js.errors import KeyWrongLastSequenceError
+
+        key = f"r.{bus.key_token(tenant)}"
+        while True:
+            got = await self._get(key)
+            held: list[str] = got[0]["executions"] if got else []
+            revision = got[1] if got else 0
+            if execution in held:  # a retried write that had landed
+                return
+            if len(held) >= self.max_concurrent:
+                found = await asyncio.gather(*(self.load_exec(tenant, e) for e in held))
+                held = [e for e, x in zip(held, found, strict=True) if x and x.is_running]
+                if len(held) >= self.max_concurrent:
+                    raise RateLimited(
+                        f"too many outstanding async queries: tenant '{tenant}' has "
+                        f"{len(held)} queued or running, the limit is {self.max_concurrent} "
+                        "(limits_config.max_concurrent_async_queries); wait for one to "
+                        "finish, or stop or delete one, and submit again"
+                    )
+            value = bus.pack({"executions": [*held, execution]})
+            try:
+                if revision:
+                    await bus.js_retry(
+                        lambda v=value, r=revision: self.kv.update(key, v, last=r), "count query"
+                    )
+                else:
+                    await bus.js_retry(lambda v=value: self.kv.create(key, v), "count query")
+                return
+            except KeyWrongLastSequenceError:
+                continue
 
     async def _coalesce(self, x: Execution, tid: str) -> Execution | None:
         """Attach ticket ``tid`` to an identical execution in flight, if there is one;

@@ -26,7 +26,12 @@ from loki_async.logql.literals import (
     format_prom_duration,
     go_quote,
 )
-from loki_async.logql.regex import GoRegexError, compile_go, simplifies_to_literal_filters
+from loki_async.logql.regex import (
+    GoRegexError,
+    Pattern,
+    compile_go,
+    simplifies_to_literal_filters,
+)
 
 
 class ParseError(BadRequest):
@@ -44,7 +49,9 @@ class ParseError(BadRequest):
             text = f"parse error : {msg}"
         else:
             text = f"parse error at line {line}, col {col}: {msg}"
-        super().__init__(text)
+        # A query's bytes that are not UTF-8 (a "\xff" escape) are lone surrogates here;
+        # the message must still travel as UTF-8: they become U+FFFD, as Go's JSON does.
+        super().__init__(text.encode("utf-16", "surrogatepass").decode("utf-16", "replace"))
         self.msg = msg
         self.line = line
         self.col = col
@@ -73,7 +80,7 @@ class Matcher:
     name: str
     op: str
     value: str
-    _regex: re.Pattern[str] | None = field(default=None, init=False, repr=False, compare=False)
+    _regex: Pattern | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.op not in MATCH_OPS:
@@ -92,7 +99,7 @@ class Matcher:
         if self.op == MATCH_NOT_EQUAL:
             return value != self.value
         assert self._regex is not None
-        found = self._regex.fullmatch(value) is not None
+        found = self._regex.test_full(value.encode("utf-8", "surrogatepass"))
         return found if self.op == MATCH_REGEXP else not found
 
     def __str__(self) -> str:
@@ -639,7 +646,7 @@ class LabelReplaceExpr(SampleExpr):
     regex: str
 
     @property
-    def pattern(self) -> re.Pattern[str]:
+    def pattern(self) -> Pattern:
         """The regex as Loki compiles it, anchored at both ends (``^(?:regex)$``)."""
         return compile_go(f"^(?:{self.regex})$").pattern
 

@@ -61,7 +61,7 @@ from loki_async.logql.ast import (
     walk,
 )
 from loki_async.logql.literals import format_float_f, go_quote
-from loki_async.logql.regex import compile_go, expand
+from loki_async.logql.regex import Pattern, compile_go, expand
 from loki_async.logql.syntax import merge_binop
 
 ERROR_LABEL = "__error__"
@@ -782,7 +782,11 @@ class _Evaluator:
     def eval_vector(self, e: Expr) -> list[_Col]:
         value = self.eval(e)
         if isinstance(value, float):
-            raise AssertionError(f"BUG: a vector operation over a number: {e}")
+            # `sum(1)`: Loki's evaluator has no step evaluator for a number here either.
+            raise BadRequest(
+                "unexpected expr type (*syntax.LiteralExpr) for Evaluator type "
+                "(*logql.DefaultEvaluator)"
+            )
         return value
 
     # -- range aggregations ---------------------------------------------------
@@ -1091,7 +1095,7 @@ def _result_metric(many: Labels, one: Labels, vm: VectorMatching) -> Labels:
 
 
 def _replace(
-    labels: Labels, e: LabelReplaceExpr, pattern: re.Pattern[str], names: tuple[str, ...]
+    labels: Labels, e: LabelReplaceExpr, pattern: Pattern, names: tuple[str, ...]
 ) -> Labels:
     """``label_replace`` on one label set: unchanged unless the anchored regex matches
     the source label's value ("" when missing)."""

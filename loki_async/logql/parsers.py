@@ -940,7 +940,8 @@ class PatternMatcher:
     __slots__ = ("literals", "names", "nodes")
 
     def __init__(self, nodes: list[tuple[bool, str]]) -> None:
-        self.nodes = [(cap, v if cap else v.encode()) for cap, v in nodes]
+        # Literals are Go bytes: "\xff" is the byte 0xff (a lone surrogate here).
+        self.nodes = [(cap, v if cap else v.encode("utf-8", "surrogateescape")) for cap, v in nodes]
         self.names = [v for cap, v in nodes if cap and v != "_"]
         self.literals = [v for cap, v in self.nodes if not cap]
 

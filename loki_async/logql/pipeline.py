@@ -439,44 +439,69 @@ class _ContainsFold(_Alt):
 
 
 class _Regex(_Alt):
-    """A Go regex searched in the line (unanchored)."""
+    """A Go regex searched in the line (unanchored), by RE2: linear in the line."""
 
     def __init__(self, source: str) -> None:
         self.pattern = compile_go(source).pattern
         # Without anchors or word boundaries a match inside a line is a match of the
         # blob at the same place, so the blob can be scanned as a whole.
         self.blob_scan = not has_assertions(source)
-        self.matches_all = self.blob_scan and self.pattern.search("") is not None
+        self.matches_all = self.blob_scan and self.pattern.test(b"")
 
     def test(self, line: bytes) -> bool:
-        return self.pattern.search(decode(line)) is not None
+        return self.pattern.test(_go_utf8(line))
 
     def scan(self, blob: bytes, offsets: Sequence[int], start: int, stop: int) -> list[int]:
         if self.matches_all:
             return list(range(start, stop))
-        if not (self.blob_scan and blob.isascii()):
-            # Slow path: decode and search each line.
+        if not (self.blob_scan and _utf8_lines(blob, offsets, start, stop)):
+            # Slow path: search each line.
             return super().scan(blob, offsets, start, stop)
-        # Fast path: one search per matching line over the decoded blob.
-        text = blob.decode("ascii")
-        search = self.pattern.search
+        # Fast path: one search per matching line over the blob.
+        find = self.pattern.find
         out: list[int] = []
         pos, end = offsets[start], offsets[stop]
         while pos < end:
-            m = search(text, pos, end)
-            if m is None:
+            span = find(blob, pos, end)
+            if span is None:
                 break
-            i = bisect_right(offsets, m.start(), start, stop) - 1
+            i = bisect_right(offsets, span[0], start, stop) - 1
             line_end = offsets[i + 1]
-            if m.end() <= line_end or search(text, offsets[i], line_end) is not None:
+            if span[1] <= line_end or find(blob, offsets[i], line_end) is not None:
                 out.append(i)
             pos = line_end
         return out
 
     def may_match(self, blob: bytes) -> bool:
+        # (Non-ASCII: a line may start inside a character, which only the offsets show.)
         if self.blob_scan and blob.isascii():
-            return self.matches_all or self.pattern.search(blob.decode("ascii")) is not None
+            return self.matches_all or self.pattern.test(blob)
         return True
+
+
+def _go_utf8(line: bytes) -> bytes:
+    """``line`` as Go's regexp reads it, for RE2: valid UTF-8 as it is, each invalid
+    byte as U+FFFD."""
+    if line.isascii():
+        return line
+    try:
+        line.decode()
+    except UnicodeDecodeError:
+        return decode(line).encode()
+    return line
+
+
+def _utf8_lines(blob: bytes, offsets: Sequence[int], start: int, stop: int) -> bool:
+    """Whether lines [start, stop) of a blob are all valid UTF-8, so that RE2 can search
+    the blob as one text."""
+    if blob.isascii():
+        return True
+    try:
+        blob.decode()
+    except UnicodeDecodeError:
+        return False
+    # A valid blob has invalid lines only where a line starts inside a character.
+    return not any(0x80 <= blob[o] < 0xC0 for o in offsets[start:stop] if o < len(blob))
 
 
 class _Pattern(_Alt):
@@ -654,7 +679,8 @@ def _line_value_alts(op: str, value: str, stage: str) -> list[_Alt] | None:
     """The alternatives of one line filter operand (None: matches every line)."""
     kind = op[1]
     if kind == "=":
-        return [_Contains(value.encode())] if value else None
+        # Go strings are bytes: "\xff" is the byte 0xff (a lone surrogate here).
+        return [_Contains(value.encode("utf-8", "surrogateescape"))] if value else None
     if kind == "~":
         try:
             simple = simplify_regex(value, is_label=False)
@@ -1120,13 +1146,15 @@ class _RegexpStage(_Stage):
                 name += EXTRACTED_SUFFIX
             if self.hints.should_extract(name):
                 targets.append((index, name))
-        search = self.pattern.search
+        spans_of = self.pattern.spans
 
         def run(b: _Builder, line: bytes) -> bytes | None:
-            m = search(decode(line))
-            if m is not None:
+            data = _go_utf8(line)
+            spans = spans_of(data)
+            if spans is not None:
                 for index, name in targets:
-                    b.set_parsed(name, m.group(index) or "")
+                    lo, hi = spans[index]
+                    b.set_parsed(name, data[lo:hi].decode() if lo >= 0 else "")
             return line
 
         return run
@@ -1194,8 +1222,7 @@ def _matcher_value_test(m: Matcher) -> ValueTest | None:
         return (lambda v: v == value) if eq else (lambda v: v != value)
     simple = simplify_regex(value, is_label=True)
     if simple is None:
-        pattern = compile_go(value).pattern
-        test: ValueTest = lambda v: pattern.fullmatch(v) is not None  # noqa: E731
+        test: ValueTest = _remembered(compile_go(value).pattern.test_full)
     else:
         if simple.kind == "true" and op == "=~":
             return None
@@ -1203,6 +1230,26 @@ def _matcher_value_test(m: Matcher) -> ValueTest | None:
     if op == "!~":
         positive = test
         return lambda v: not positive(v)
+    return test
+
+
+_REMEMBERED_VALUES = 4096
+
+
+def _remembered(full: Callable[[bytes], bool]) -> ValueTest:
+    """A regex value test that remembers its answers: a label filter sees the same few
+    values over and over (levels, methods, status codes), and a dict lookup costs a
+    tenth of a call into RE2."""
+    seen: dict[str, bool] = {}
+
+    def test(v: str) -> bool:
+        found = seen.get(v)
+        if found is None:
+            if len(seen) >= _REMEMBERED_VALUES:
+                seen.clear()
+            found = seen[v] = full(v.encode("utf-8", "surrogatepass"))
+        return found
+
     return test
 
 

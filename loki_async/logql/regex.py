@@ -1,18 +1,24 @@
-"""Go (RE2) regular expressions, parsed as Go's ``regexp/syntax`` does and run by ``re``.
+"""Go (RE2) regular expressions, parsed as Go's ``regexp/syntax`` does and run by RE2.
 
 LogQL regexes are Go regexes: the syntax accepted, the error messages, and the
 meaning of ``\\d``, ``\\w``, ``\\s``, ``\\b`` (ASCII only), ``$`` (end of text, not
 before a final newline) and flags (``(?i)`` anywhere, scoped to the enclosing group;
 ``(?U)`` swaps greediness) all differ from Python's. This module parses the Go syntax
 into a small tree (rejecting what Go rejects, with Go's messages), and emits an
-equivalent Python pattern in which every construct is spelled explicitly.
+equivalent RE2 pattern in which every construct is spelled explicitly.
+
+RE2 (``google-re2``) runs it, as Go's ``regexp`` would: in time linear in the text,
+whatever the regex. Python's ``re`` backtracks, and ``(a+)+b`` on a line of 40 ``a``
+would run for days inside the event loop.
 
 The tree also answers one question for the printer: whether Loki's regex
 simplifier turns a label filter regex into literal filters (then ``String()``
 prints it in double quotes) or keeps it as a regexp (printed in backticks).
 
-Not supported: Unicode scripts (``\\p{Greek}``), which Python's ``re`` lacks; they
-raise :class:`GoRegexError`.
+Not supported: Unicode scripts (``\\p{Greek}``), whose tables Python lacks; they
+raise :class:`GoRegexError`. A regex whose RE2 program would be too large (a large
+Unicode class repeated hundreds of times, ``\\pL{1000}``; Go accepts it) is rejected
+with Go's "expression too large" before anything is compiled.
 """
 
 from __future__ import annotations
@@ -22,6 +28,9 @@ import re
 import sys
 import unicodedata
 from dataclasses import dataclass, field
+from typing import Any
+
+import re2
 
 MAX_RUNE = 0x10FFFF
 _MAX_REPEAT = 1000
@@ -58,6 +67,7 @@ class Node:
     min: int = 0  # rep
     max: int = -1  # rep; -1 is unbounded
     greedy: bool = True  # rep
+    counted: bool = False  # rep: written as x{n,m} (Go's OpRepeat), not x*, x+, x?
     name: str = ""  # cap
 
 
@@ -308,7 +318,11 @@ class _Parser:
             # Only the last character of a literal run repeats.
             items.append(Node("lit", sub.flags, runes=sub.runes[:-1]))
             sub = Node("lit", sub.flags, runes=sub.runes[-1:])
-        items.append(Node("rep", flags, subs=[sub], min=lo, max=hi, greedy=greedy))
+        counted = src[before] == "{"
+        node = Node("rep", flags, subs=[sub], min=lo, max=hi, greedy=greedy, counted=counted)
+        if counted and (lo >= 2 or hi >= 2) and not _repeat_is_valid(node, _MAX_REPEAT):
+            raise GoRegexError("invalid repeat count", src[before : self.pos])
+        items.append(node)
 
     def parse_repeat_bounds(self) -> tuple[int, int] | None:
         """``{n}``, ``{n,}`` or ``{n,m}`` at the current ``{``; None if it is a literal."""
@@ -500,6 +514,20 @@ class _Parser:
         return c
 
 
+def _repeat_is_valid(node: Node, n: int) -> bool:
+    """Go's repeatIsValid: nested counted repeats make at most ``n`` copies of the
+    innermost thing (``(a{100}){100}`` is 10,000: invalid)."""
+    if node.op == "rep" and node.counted:
+        m = node.max if node.max >= 0 else node.min
+        if node.max == 0:
+            return True
+        if m > n:
+            return False
+        if m > 0:
+            n //= m
+    return all(_repeat_is_valid(sub, n) for sub in node.subs)
+
+
 def _lit(c: str, flags: int) -> Node:
     return Node("lit", flags, runes=[c])
 
@@ -517,27 +545,34 @@ def _concat(items: list[Node], flags: int) -> Node:
 
 
 # ---------------------------------------------------------------------------
-# Emitting Python
+# Emitting RE2, and running it
 # ---------------------------------------------------------------------------
 
-_WORD = "[0-9A-Za-z_]"
-_WORD_BOUNDARY = f"(?:(?<={_WORD})(?!{_WORD})|(?<!{_WORD})(?={_WORD}))"
-_NOT_WORD_BOUNDARY = f"(?:(?<={_WORD})(?={_WORD})|(?<!{_WORD})(?!{_WORD}))"
+# RE2 compiles a regex into a program of instructions; a large Unicode class costs
+# one instruction per UTF-8 byte range, and a counted repeat copies its operand. A
+# regex estimated above this many instructions is refused before RE2 spends time on it
+# (compiling runs at about a microsecond per instruction); RE2's own memory budget
+# (8 MiB a regex, its default) is the backstop.
+MAX_PROGRAM = 250_000
+_CACHE_SIZE = 1024  # compiled regexes kept; each holds its program and its DFA states
+
+_ANCHOR = re2._re2.RE2.Anchor
+_UNANCHORED, _ANCHOR_START, _ANCHOR_BOTH = (
+    _ANCHOR.UNANCHORED,
+    _ANCHOR.ANCHOR_START,
+    _ANCHOR.ANCHOR_BOTH,
+)
 
 
 def _char(cp: int) -> str:
     c = chr(cp)
     if c.isascii() and (c.isalnum() or c == "_"):
         return c
-    if cp < 0x80:
-        return f"\\x{cp:02x}"
-    if cp < 0x10000:
-        return f"\\u{cp:04x}"
-    return f"\\U{cp:08x}"
+    return f"\\x{{{cp:x}}}"
 
 
 def _emit(node: Node) -> tuple[str, bool]:
-    """Python text for `node`, and whether it is a single atom (safe to quantify)."""
+    """RE2 text for `node`, and whether it is a single atom (safe to quantify)."""
     op = node.op
     if op == "lit":
         text = "".join(_char(ord(c)) for c in node.runes)
@@ -546,7 +581,7 @@ def _emit(node: Node) -> tuple[str, bool]:
         return text, len(node.runes) == 1
     if op == "class":
         if not node.ranges:
-            return ("(?s:.)" if node.negated else "(?!)"), True
+            return ("(?s:.)" if node.negated else f"[^\\x00-{_char(MAX_RUNE)}]"), True
         body = "".join(
             _char(lo) if lo == hi else f"{_char(lo)}-{_char(hi)}" for lo, hi in node.ranges
         )
@@ -554,18 +589,9 @@ def _emit(node: Node) -> tuple[str, bool]:
         return (f"(?i:{text})" if node.flags & FOLD else text), True
     if op == "any":
         return ("(?s:.)" if node.flags & DOT_NL else "[^\\n]"), True
-    if op == "bot":
-        return "\\A", False
-    if op == "eot":
-        return "\\Z", False
-    if op == "bol":
-        return "(?m:^)", False
-    if op == "eol":
-        return "(?m:$)", False
-    if op == "wb":
-        return _WORD_BOUNDARY, False
-    if op == "nwb":
-        return _NOT_WORD_BOUNDARY, False
+    simple = _ASSERTIONS.get(op)
+    if simple is not None:
+        return simple, False
     if op == "empty":
         return "", False
     if op == "cap":
@@ -599,13 +625,170 @@ def _emit(node: Node) -> tuple[str, bool]:
     raise AssertionError(f"BUG: unknown regex node {op}")
 
 
+# Go's assertions, in RE2: \b and \B are ASCII in both, $ is \z without (?m).
+_ASSERTIONS = {
+    "bot": "\\A",
+    "eot": "\\z",
+    "bol": "(?m:^)",
+    "eol": "(?m:$)",
+    "wb": "\\b",
+    "nwb": "\\B",
+}
+
+
+def _program_size(node: Node) -> int:
+    """An estimate of the RE2 program's instructions for `node` (Go's calcSize, with
+    RE2's cost of a class: about two instructions per range, twice that folded)."""
+    op = node.op
+    if op == "lit":
+        return len(node.runes) * (3 if node.flags & FOLD else 1)
+    if op == "class":
+        return (8 + 2 * len(node.ranges)) * (2 if node.flags & FOLD else 1)
+    if op == "any":
+        return 8  # a character of one to four UTF-8 bytes
+    if op == "cap":
+        return 2 + _program_size(node.subs[0])
+    if op == "rep":
+        sub = _program_size(node.subs[0])
+        if node.max == -1:
+            return 2 + max(node.min, 1) * sub
+        return node.max * sub + (node.max - node.min) + 1
+    if op in ("cat", "alt"):
+        return sum(_program_size(sub) for sub in node.subs) + len(node.subs)
+    return 1
+
+
+class Match:
+    """A match in a ``str``: the part of ``re.Match`` used here, offsets in characters."""
+
+    __slots__ = ("_data", "_spans", "_text")
+
+    def __init__(self, text: str, data: bytes, spans: list[tuple[int, int]]) -> None:
+        self._text = text
+        self._data = data  # text as UTF-8; spans are byte offsets into it
+        self._spans = spans
+
+    def group(self, index: int = 0) -> str | None:
+        a, b = self._spans[index]
+        return None if a < 0 else self._data[a:b].decode("utf-8", "surrogatepass")
+
+    def groups(self) -> tuple[str | None, ...]:
+        return tuple(self.group(i) for i in range(1, len(self._spans)))
+
+    def span(self, index: int = 0) -> tuple[int, int]:
+        a, b = self._spans[index]
+        if a < 0 or len(self._data) == len(self._text):
+            return a, b
+        return self._chars(a), self._chars(b)
+
+    def start(self, index: int = 0) -> int:
+        return self.span(index)[0]
+
+    def end(self, index: int = 0) -> int:
+        return self.span(index)[1]
+
+    def _chars(self, offset: int) -> int:
+        return len(self._data[:offset].decode("utf-8", "surrogatepass"))
+
+
+class Pattern:
+    """A Go regex compiled by RE2: matching takes time linear in the text.
+
+    The ``re.Pattern`` methods on ``str`` (offsets in characters) serve label values and
+    templates. The hot paths call the ``bytes`` methods, which take valid UTF-8 (a log
+    line with invalid bytes is matched as Go reads it: each invalid byte as U+FFFD, so
+    the caller converts it first) and return byte offsets. Not thread-safe to build;
+    matching is (RE2 locks its DFA cache).
+    """
+
+    __slots__ = ("_capture", "_plain", "_text", "groups")
+
+    def __init__(self, text: bytes, groups: int) -> None:
+        self._text = text
+        self.groups = groups
+        self._capture = _compile(text, capture=True)
+        # Tests and spans of the whole match need no groups: RE2 then runs its DFA only.
+        self._plain = self._capture if groups == 0 else None
+
+    def __copy__(self) -> Pattern:
+        return self  # immutable, as an re.Pattern (ASTs holding one get deep-copied)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Pattern:
+        return self
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return Pattern, (self._text, self.groups)
+
+    def _nocapture(self) -> Any:
+        if self._plain is None:
+            self._plain = _compile(self._text, capture=False)
+        return self._plain
+
+    # -- bytes (UTF-8) ----------------------------------------------------------------
+
+    def test(self, data: bytes) -> bool:
+        """Whether the regex matches somewhere in ``data``."""
+        return self._nocapture().Match(_UNANCHORED, data, 0, len(data))[0][0] >= 0
+
+    def test_full(self, data: bytes) -> bool:
+        """Whether the regex matches all of ``data``."""
+        return self._nocapture().Match(_ANCHOR_BOTH, data, 0, len(data))[0][0] >= 0
+
+    def find(self, data: bytes, pos: int, endpos: int) -> tuple[int, int] | None:
+        """The span of the first match in ``data[pos:endpos]`` (assertions see all of
+        ``data``), or None."""
+        span = self._nocapture().Match(_UNANCHORED, data, pos, endpos)[0]
+        return None if span[0] < 0 else span
+
+    def spans(self, data: bytes, pos: int = 0) -> list[tuple[int, int]] | None:
+        """The spans of the first match and its groups (``(-1, -1)``: the group did not
+        take part) in ``data[pos:]``, or None."""
+        spans = self._capture.Match(_UNANCHORED, data, pos, len(data))
+        return None if spans[0][0] < 0 else spans
+
+    # -- str ------------------------------------------------------------------------
+
+    def search(self, text: str, pos: int = 0) -> Match | None:
+        return self._match(_UNANCHORED, text, pos)
+
+    def match(self, text: str, pos: int = 0) -> Match | None:
+        return self._match(_ANCHOR_START, text, pos)
+
+    def fullmatch(self, text: str, pos: int = 0) -> Match | None:
+        return self._match(_ANCHOR_BOTH, text, pos)
+
+    def _match(self, anchor: Any, text: str, pos: int) -> Match | None:
+        data = text.encode("utf-8", "surrogatepass")
+        if pos and len(data) != len(text):
+            pos = len(text[:pos].encode("utf-8", "surrogatepass"))
+        spans = self._capture.Match(anchor, data, min(pos, len(data)), len(data))
+        return None if spans[0][0] < 0 else Match(text, data, spans)
+
+
+class _ProgramTooLarge(Exception):
+    pass
+
+
+def _compile(text: bytes, *, capture: bool) -> Any:
+    options = re2.Options()
+    options.log_errors = False
+    options.never_capture = not capture
+    prog = re2._re2.RE2(text, options)
+    if not prog.ok():
+        error = prog.error().decode(errors="replace")
+        if "too large" in error:
+            raise _ProgramTooLarge(error)
+        raise ValueError(error)
+    return prog
+
+
 @dataclass(frozen=True)
 class GoRegex:
-    """A Go regex compiled for Python. `group_names` has one entry per capture group
-    (``""`` for unnamed ones), in order; Python groups are unnamed."""
+    """A Go regex compiled by RE2. `group_names` has one entry per capture group
+    (``""`` for unnamed ones), in order; the RE2 groups are unnamed."""
 
     source: str
-    pattern: re.Pattern[str]
+    pattern: Pattern
     group_names: tuple[str, ...]
 
 
@@ -622,19 +805,27 @@ def parse(source: str, *, dot_nl: bool = False) -> tuple[Node, tuple[str, ...]]:
     return node, tuple(parser.names)
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=_CACHE_SIZE)
 def compile_go(source: str, *, dot_nl: bool = False) -> GoRegex:
-    """Compile a Go regex for ``re.search``/``re.fullmatch``-style use.
+    """Compile a Go regex for RE2.
 
     Prometheus label matchers use ``dot_nl=True`` with a full match (``^(?s:re)$``);
-    LogQL line filters and label filters use the plain Perl flags.
+    LogQL line filters and label filters use the plain Perl flags. Raises
+    :class:`GoRegexError` for what Go rejects, and for a regex too large for RE2.
     """
     node, names = parse(source, dot_nl=dot_nl)
     try:
-        pattern = re.compile(_emit(node)[0])
+        size = _program_size(node)
+        text = _emit(node)[0]
     except RecursionError:
         raise GoRegexError("expression nests too deeply", source) from None
-    except re.error as exc:  # a translation gap, reported in Go's words
+    if size > MAX_PROGRAM:
+        raise GoRegexError("expression too large", source)
+    try:
+        pattern = Pattern(text.encode("utf-8", "surrogatepass"), len(names))
+    except _ProgramTooLarge:
+        raise GoRegexError("expression too large", source) from None
+    except ValueError as exc:  # a translation gap, reported in Go's words
         raise GoRegexError("invalid or unsupported Perl syntax", source) from exc
     return GoRegex(source, pattern, names)
 
@@ -855,7 +1046,7 @@ def _extract(template: str) -> tuple[str, int, str] | None:
     return name, num, s[i:]
 
 
-def expand(template: str, m: re.Match[str], names: tuple[str, ...]) -> str:
+def expand(template: str, m: Match, names: tuple[str, ...]) -> str:
     """Go's ``Regexp.Expand`` of `template` for match `m` of a :class:`GoRegex` whose
     `group_names` are `names`: ``$1``, ``${1}``, ``$name``, ``${name}``, ``$$``; an
     unknown group expands to nothing, a malformed ``$`` stays as it is."""

@@ -95,8 +95,12 @@ ERR_NO_EQUALITY_MATCHER = (
     'empty-compatible value. For instance, app=~".*" does not meet this requirement, '
     'but app=~".+" will'
 )
-# Loki has no nesting limit; Python's recursion limit needs one (a few hundred levels).
+# Loki has no nesting limit; Python's recursion limit needs one. The parser stops where
+# its stack ends (a few hundred levels); the parsed tree may be at most MAX_DEPTH deep,
+# so that every later pass (validation, planning, coprocessors, pipelines, evaluation,
+# printing), each recursive and each starting deeper in the stack, has room.
 ERR_TOO_DEEP = "query is nested too deeply"
+MAX_DEPTH = 128
 
 _OP_NAMES = {tok: name for name, tok in FUNCTIONS.items()}
 
@@ -981,9 +985,35 @@ def _parse(text: str) -> Expr:
     if size >= MAX_INPUT_SIZE:
         raise ParseError(f"input size too long ({size} > {MAX_INPUT_SIZE})")
     try:
-        return _Parser(text).parse_root()
+        expr = _Parser(text).parse_root()
     except RecursionError:
         raise ParseError(ERR_TOO_DEEP) from None
+    depth = _depth(expr)
+    if depth > MAX_DEPTH:
+        raise ParseError(f"{ERR_TOO_DEEP} ({depth} levels, at most {MAX_DEPTH})")
+    return expr
+
+
+def _depth(expr: Expr) -> int:
+    """How deep the tree is, label filters included; without recursion. (``a + b + c``
+    and ``x="1" and y="2" and ...`` are parsed by loops but nest like parentheses.)"""
+    deepest = 0
+    stack: list[tuple[object, int]] = [(expr, 1)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if isinstance(node, BinaryLabelFilter):
+            subs: tuple[object, ...] = (node.left, node.right)
+        elif isinstance(node, LabelFilterExpr):
+            subs = (node.filter,)
+        elif isinstance(node, LogRange) and node.unwrap is not None:
+            subs = (*node.children(), *node.unwrap.post_filters)
+        elif isinstance(node, Expr):
+            subs = node.children()
+        else:
+            subs = ()
+        stack.extend((sub, depth + 1) for sub in subs)
+    return deepest
 
 
 def _checked(expr: Expr) -> Expr:

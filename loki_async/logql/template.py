@@ -72,7 +72,7 @@ from loki_async.logql.literals import (
     underscore_ok,
     unquote,
 )
-from loki_async.logql.regex import GoRegexError, compile_go, expand
+from loki_async.logql.regex import GoRegexError, Match, Pattern, compile_go, expand
 
 _MAX_DEPTH = 40  # nested {{template}} calls
 _MAX_OUTPUT = 1 << 24  # characters one function may produce
@@ -3569,22 +3569,33 @@ def _regex(pattern: str) -> Any:
         raise _CallError(str(exc)) from None
 
 
-def _replace_all(pattern: re.Pattern[str], src: str, repl: Callable[[re.Match[str]], str]) -> str:
-    """Go's ``ReplaceAll`` loop: an empty match right after a match is not replaced."""
-    out = []
+def _replace_all(pattern: Pattern, src: str, repl: Callable[[Match], str]) -> str:
+    """Go's ``ReplaceAll`` loop: an empty match right after a match is not replaced.
+    Runs on the UTF-8 bytes (one encoding, byte offsets), as Go does."""
+    data = src.encode("utf-8", "surrogatepass")
+    out: list[bytes] = []
     last = pos = 0
-    while pos <= len(src):
-        m = pattern.search(src, pos)
-        if m is None:
+    while pos <= len(data):
+        spans = pattern.spans(data, pos)
+        if spans is None:
             break
-        a, b = m.span()
-        out.append(src[last:a])
+        a, b = spans[0]
+        out.append(data[last:a])
         if b > last or a == 0:
-            out.append(repl(m))
+            out.append(repl(Match(src, data, spans)).encode("utf-8", "surrogatepass"))
         last = b
-        pos = pos + 1 if pos + 1 > b else b
-    out.append(src[last:])
-    return "".join(out)
+        step = _next_rune(data, pos)
+        pos = step if step > b else b
+    out.append(data[last:])
+    return b"".join(out).decode("utf-8", "surrogatepass")
+
+
+def _next_rune(data: bytes, pos: int) -> int:
+    """The offset of the character after the one at ``pos`` (Go advances a rune)."""
+    pos += 1
+    while pos < len(data) and 0x80 <= data[pos] < 0xC0:
+        pos += 1
+    return pos
 
 
 def _regex_replace_all(pattern: str, src: str, repl: str) -> str:
@@ -3599,16 +3610,17 @@ def _regex_replace_all_literal(pattern: str, src: str, repl: str) -> str:
 def _count(pattern: str, s: str) -> int:
     """Loki's ``count``: matches found by Go's ``FindAllStringIndex``."""
     rx = _regex(pattern).pattern
+    data = s.encode("utf-8", "surrogatepass")
     n, pos, prev_end = 0, 0, -1
-    while pos <= len(s):
-        m = rx.search(s, pos)
-        if m is None:
+    while pos <= len(data):
+        span = rx.find(data, pos, len(data))
+        if span is None:
             break
-        a, b = m.span()
+        a, b = span
         accept = True
         if b == pos:  # an empty match: not right after the previous match
             accept = a != prev_end
-            pos += 1
+            pos = _next_rune(data, pos)
         else:
             pos = b
         prev_end = b

@@ -523,7 +523,8 @@ class API:
                 log.warning(
                     "request failed path=%s status=%d err=%r", request.path, status, message
                 )
-            return web.Response(status=status, text=message + "\n")
+            # A message may echo request bytes that are not UTF-8 (surrogates here).
+            return web.Response(status=status, text=_printable(message) + "\n")
         except Exception:
             log.exception("unhandled error path=%s", request.path)
             return web.Response(status=500, text="internal server error\n")

@@ -356,3 +356,19 @@ def test_every_endpoint_answers_bad_input_with_400(server, path, params, message
     status, body = call(loki, path, **params)
     assert status == 400, (path, body)
     assert message in (body if isinstance(body, str) else str(body))
+
+
+def test_header_bytes_that_are_not_utf8_get_a_400_not_a_500(server) -> None:
+    """An error message that echoes a header value with a non-UTF-8 byte still answers."""
+    import http.client
+
+    loki, t0 = server
+    conn = http.client.HTTPConnection("127.0.0.1", loki.port, timeout=10)
+    conn.putrequest("GET", "/loki/api/v1/query_range?query=%7Bapp%3D%22api%22%7D")
+    conn.putheader("X-Coprocessor-Version", b"traceid>=\xff")
+    conn.endheaders()
+    r = conn.getresponse()
+    body = r.read().decode()
+    conn.close()
+    assert r.status == 400, body
+    assert "coprocessor" in body.lower()
